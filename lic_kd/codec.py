@@ -1,0 +1,149 @@
+"""Real entropy coding of images: pad, compress, write the bitstream file, read it back, decompress, crop,
+measure. bpp counts every byte of the file written, over the original (unpadded) pixels."""
+
+from __future__ import annotations
+
+import copy
+import math
+import struct
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from compressai.models import CompressionModel
+from pytorch_msssim import ms_ssim
+from tqdm import tqdm
+
+from lic_kd.data import load_rgb, to_tensor
+
+PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
+MAGIC = b"LKD1"
+MS_SSIM_MIN_SIDE = 161  # 5 scales of 11x11 windows: (11 - 1) * 2**4 + 1
+
+
+def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """Replicate-pad the bottom and right so that height and width are multiples of `multiple`."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+
+
+def write_bitstream(path: Path, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: Sequence[int]) -> int:
+    """Store a compressed image: magic, original H and W, latent shape, then each string with its length.
+    Returns the number of bytes written."""
+    parts = [MAGIC, struct.pack(">HHB", *size, len(shape)), struct.pack(f">{len(shape)}H", *shape), struct.pack(">B", len(strings))]
+    for group in strings:
+        if len(group) != 1:
+            raise ValueError(f"expected one string per group for a single image, got {len(group)}")
+        parts += [struct.pack(">I", len(group[0])), group[0]]
+    data = b"".join(parts)
+    path.write_bytes(data)
+    return len(data)
+
+
+def read_bitstream(path: Path) -> tuple[list[list[bytes]], list[int], tuple[int, int]]:
+    """Inverse of write_bitstream: (strings, latent shape, original (H, W))."""
+    data = path.read_bytes()
+    if data[:4] != MAGIC:
+        raise ValueError(f"{path} is not a lic_kd bitstream")
+    h, w, n_dims = struct.unpack_from(">HHB", data, 4)
+    offset = 9
+    shape = list(struct.unpack_from(f">{n_dims}H", data, offset))
+    offset += 2 * n_dims
+    (n_strings,) = struct.unpack_from(">B", data, offset)
+    offset += 1
+    strings = []
+    for _ in range(n_strings):
+        (length,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        strings.append([data[offset : offset + length]])
+        offset += length
+    return strings, shape, (h, w)
+
+
+def psnr_8bit(x: torch.Tensor, x_hat: torch.Tensor) -> float | None:
+    """PSNR in dB between 8-bit images given as [0, 1] tensors; None when they are identical."""
+    mse = F.mse_loss(x * 255, x_hat * 255).item()
+    return None if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def prepare_for_coding(net: CompressionModel) -> CompressionModel:
+    """An eval-mode copy with its CDF tables built: `update()` resizes buffers, so never update the original."""
+    coder = copy.deepcopy(net).eval()
+    coder.update(force=True)
+    return coder
+
+
+@torch.inference_mode()
+def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: torch.device) -> dict[str, Any]:
+    """Code one image for real and measure it. `coder` comes from prepare_for_coding."""
+    x = to_tensor(load_rgb(path))[None].to(device)
+    h, w = x.shape[-2:]
+    num_pixels = h * w
+    x_padded = pad(x)
+
+    out_est = coder(x_padded)  # eval-mode forward: the entropy model's own rate estimate
+    bpp_estimated = sum(l.log2().sum().neg().item() for l in out_est["likelihoods"].values()) / num_pixels
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    enc = coder.compress(x_padded)
+    sync()
+    encode_s = time.perf_counter() - start
+    n_bytes = write_bitstream(bitstream, enc["strings"], enc["shape"], (h, w))
+
+    strings, shape, (h_read, w_read) = read_bitstream(bitstream)
+    sync()
+    start = time.perf_counter()
+    dec = coder.decompress(strings, shape)
+    x_hat = dec["x_hat"][..., :h_read, :w_read].clamp(0, 1)
+    sync()
+    decode_s = time.perf_counter() - start
+
+    x_hat = (x_hat * 255).round() / 255  # metrics on the 8-bit image a decoder would save
+    row: dict[str, Any] = {
+        "image": path.name,
+        "height": h,
+        "width": w,
+        "bytes": n_bytes,
+        "bpp": 8 * n_bytes / num_pixels,
+        "bpp_estimated": bpp_estimated,
+        "psnr": psnr_8bit(x, x_hat),
+        "ms_ssim": None,
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+    }
+    if row["psnr"] is None:
+        row["psnr_missing"] = "identical reconstruction (PSNR is infinite)"
+    if min(h, w) >= MS_SSIM_MIN_SIDE:
+        row["ms_ssim"] = ms_ssim(x, x_hat, data_range=1.0).item()
+    else:
+        row["ms_ssim_missing"] = f"image {w}x{h} is smaller than {MS_SSIM_MIN_SIDE} px on a side (MS-SSIM uses 5 scales)"
+    return row
+
+
+METRICS = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s")
+
+
+def dataset_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean of the per-image values, as CompressAI reports a dataset; images missing a metric are skipped."""
+    means: dict[str, float | None] = {}
+    for key in METRICS:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        means[key] = sum(values) / len(values) if values else None
+    means["n_images"] = len(rows)
+    return means
+
+
+def evaluate_net(net: CompressionModel, images: Sequence[Path], bitstream_dir: Path, device: str = "auto") -> dict[str, Any]:
+    """Code every image; returns {"metrics": dataset means, "images": per-image rows}."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    coder = prepare_for_coding(net).to(dev)
+    bitstream_dir.mkdir(parents=True, exist_ok=True)
+    rows = [
+        code_image(coder, path, bitstream_dir / f"{path.stem}.lkd", dev)
+        for path in tqdm(images, desc="coding", unit="img", dynamic_ncols=True)
+    ]
+    return {"metrics": dataset_means(rows), "images": rows, "device": str(dev)}

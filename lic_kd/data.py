@@ -1,0 +1,168 @@
+"""Images in, tensors out: reading any image a user has, training crops, and the Lightning datamodule."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DataError(ValueError):
+    """A data path or file that cannot be used; the message names it."""
+
+
+def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """Every image file under `folder` (recursively), sorted; raises DataError if there is none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"image folder does not exist: {root}")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    return paths[:limit] if limit else paths
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any image as 8-bit RGB: grayscale is replicated, alpha is dropped, 16-bit is rescaled."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8), mode="L")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")  # drop alpha without blending: codecs compress the colour
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> float tensor (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Decode every file now so a corrupt one fails before training, with its name."""
+    for path in paths:
+        load_rgb(path)
+
+
+class ImageFolder(Dataset):
+    """Images from a list of files; random crops and flips for training, a centre crop for validation."""
+
+    def __init__(self, paths: Sequence[Path], crop_size: int, train: bool) -> None:
+        self.paths = list(paths)
+        self.crop_size = crop_size
+        if train:
+            self.transform = T.Compose(
+                [T.RandomCrop(crop_size), T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
+            )
+        else:
+            self.transform = T.Compose([T.CenterCrop(crop_size)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        img = to_tensor(load_rgb(self.paths[index]))
+        if min(img.shape[-2:]) < self.crop_size:  # small images: replicate borders up to the crop size
+            pad_h, pad_w = max(0, self.crop_size - img.shape[-2]), max(0, self.crop_size - img.shape[-1])
+            img = torch.nn.functional.pad(img[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+        return self.transform(img)
+
+
+def vimeo90k_paths(root: str | Path, list_file: str = "sep_trainlist.txt") -> list[Path]:
+    """Frames of the Vimeo-90K septuplet layout: `<root>/sequences/<seq>/<clip>/im1..7.png`."""
+    root = Path(root)
+    listing = root / list_file
+    if not listing.is_file():
+        raise DataError(f"Vimeo-90K list file not found: {listing} (expected the septuplet layout)")
+    clips = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    paths = [root / "sequences" / clip / f"im{i}.png" for clip in clips for i in range(1, 8)]
+    if not paths:
+        raise DataError(f"{listing} lists no clips")
+    missing = [p for p in paths[:7] if not p.is_file()]
+    if missing:
+        raise DataError(f"Vimeo-90K frame missing: {missing[0]}")
+    return paths
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Training images (a folder or Vimeo-90K), a held-out validation split, and an evaluation folder."""
+
+    def __init__(
+        self,
+        train_dir: str,
+        eval_dir: str,
+        layout: str = "folder",
+        val_dir: str | None = None,
+        val_fraction: float = 0.1,
+        crop_size: int = 256,
+        val_crop_size: int = 256,
+        batch_size: int = 16,
+        val_batch_size: int = 8,
+        num_workers: int = 0,
+        eval_limit: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if layout not in ("folder", "vimeo90k"):
+            raise DataError(f"data.layout must be 'folder' or 'vimeo90k', got {layout!r}")
+        if crop_size <= 0 or crop_size % 64:
+            raise DataError(f"data.crop_size must be a positive multiple of 64, got {crop_size}")
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.train_dir, self.eval_dir, self.layout, self.val_dir = train_dir, eval_dir, layout, val_dir
+        self.val_fraction, self.seed = val_fraction, seed
+        self.crop_size, self.val_crop_size = crop_size, val_crop_size
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.eval_limit = eval_limit
+        self.train_paths, self.val_paths = self._split()
+        self.eval_paths = list_images(eval_dir, eval_limit)
+
+    def _split(self) -> tuple[list[Path], list[Path]]:
+        paths = vimeo90k_paths(self.train_dir) if self.layout == "vimeo90k" else list_images(self.train_dir)
+        if self.val_dir:
+            return paths, list_images(self.val_dir)
+        shuffled = paths[:]
+        random.Random(self.seed).shuffle(shuffled)  # fixed split: resumed runs validate on the same images
+        n_val = max(1, round(len(paths) * self.val_fraction))
+        if len(paths) - n_val < 1:
+            raise DataError(f"{self.train_dir} has {len(paths)} image(s): too few to hold out a validation split")
+        return shuffled[n_val:], shuffled[:n_val]
+
+    def check(self) -> None:
+        """Read every small-set image once (validation, evaluation, a folder training set) before training."""
+        check_images(self.val_paths + self.eval_paths)
+        if self.layout == "folder" and len(self.train_paths) <= 5000:
+            check_images(self.train_paths)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            ImageFolder(self.train_paths, self.crop_size, train=True),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_paths) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            ImageFolder(self.val_paths, self.val_crop_size, train=False),
+            batch_size=self.val_batch_size,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,104 @@
+"""Codec networks: CompressAI models built from config, loaded from checkpoints, and their latents for KD."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from compressai.models import CompressionModel
+from hydra.utils import get_class, instantiate
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be loaded; the message names it."""
+
+
+# CompressAI's bmshj2018-hyperprior zoo presets: quality -> (N, M, MSE lambda).
+HYPERPRIOR_QUALITIES = {
+    1: (128, 192, 0.0018),
+    2: (128, 192, 0.0035),
+    3: (128, 192, 0.0067),
+    4: (128, 192, 0.0130),
+    5: (128, 192, 0.0250),
+    6: (192, 320, 0.0483),
+    7: (192, 320, 0.0932),
+    8: (192, 320, 0.1800),
+}
+
+
+def build_net(net_cfg: dict[str, Any]) -> CompressionModel:
+    """Instantiate a network from its `_target_` config after checking its widths."""
+    for key in ("N", "M"):
+        value = net_cfg.get(key)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"network width {key} must be a positive integer, got {value!r}")
+    return instantiate(net_cfg)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a lic_kd run directory (its best, else last, checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CheckpointError(f"run directory {path} has no checkpoints/best.ckpt or checkpoints/last.ckpt")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_net(path: str | Path, architecture: str | None = None) -> tuple[CompressionModel, dict[str, Any]]:
+    """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
+    checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
+    class and its widths are inferred from the weights. Also returns what the checkpoint says of its run:
+    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}."""
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    hparams = ckpt.get("hyper_parameters", {})
+    if "net" in hparams:  # written by lic_kd's LightningModule
+        net_cfg = dict(hparams["net"])
+        net = build_net(net_cfg)
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher")}
+        meta["steps"] = ckpt.get("global_step", 0) // 2  # two optimizer steps per training batch
+    else:
+        if architecture is None:
+            raise CheckpointError(f"{path} is a plain state dict: name its model class (teacher.architecture)")
+        state = ckpt.get("state_dict", ckpt)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            net = get_class(architecture).from_state_dict(state)
+        except Exception as err:
+            raise CheckpointError(f"{path} does not hold a {architecture} state dict: {err}") from err
+        net_cfg = {"_target_": architecture, **{k: getattr(net, k) for k in ("N", "M") if hasattr(net, k)}}
+        meta = {"role": "external", "loss": None, "teacher": None, "steps": None}
+    net.eval()
+    net.requires_grad_(False)
+    return net, {"checkpoint": str(path.resolve()), "net": net_cfg, **meta}
+
+
+@contextmanager
+def capture_latents(net: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the quantized latents a CompressAI model feeds its synthesis transforms during forward:
+    `y_hat` (input of g_s) and, for hyperprior models, `z_hat` (input of h_s). Hooks, not a fork."""
+    latents: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module_name in (("y_hat", "g_s"), ("z_hat", "h_s")):
+        module = getattr(net, module_name, None)
+        if module is not None:
+            hooks.append(module.register_forward_pre_hook(lambda _m, args, key=name: latents.__setitem__(key, args[0])))
+    try:
+        yield latents
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -1,0 +1,81 @@
+"""results.json: one per run, written atomically, the only thing reports read."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_FILE = "results.json"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def count_parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured with."""
+    import compressai
+    import lightning
+
+    return {
+        "torch": torch.__version__,
+        "compressai": compressai.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+
+
+def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run is, from what load_net read in its checkpoint: the keys the report groups and sorts by."""
+    net, loss = meta["net"], dict(meta.get("loss") or {})
+    loss_target = loss.pop("_target_", None)
+    return {
+        "role": meta.get("role"),
+        "architecture": net["_target_"].rsplit(".", 1)[-1],
+        "N": net.get("N"),
+        "M": net.get("M"),
+        "lmbda": loss.get("lmbda"),
+        "loss": loss_target.rsplit(".", 1)[-1] if loss_target else None,
+        "loss_weights": {k: v for k, v in loss.items() if k != "lmbda"},
+        "teacher": meta.get("teacher"),
+        "steps": meta.get("steps"),
+        "checkpoint": meta["checkpoint"],
+    }
+
+
+def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    return {
+        "run": identity,
+        "metrics": evaluation["metrics"],
+        "params": count_parameters(net),
+        "wall_time_s": wall_time_s,
+        "device": evaluation["device"],
+        "environment": environment(),
+        "images": evaluation["images"],
+    }

@@ -1,0 +1,114 @@
+"""`python -m lic_kd.train`: train one network (teacher, student or KD student), then code the evaluation
+set for real and write results.json. Re-running in the same run directory resumes from last.ckpt, and a
+run that already has results.json is left as it is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+
+import lic_kd  # noqa: F401  (registers the config resolvers)
+from lic_kd.codec import evaluate_net
+from lic_kd.models import load_net
+from lic_kd.module import CodecModule
+from lic_kd.results import RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def isolated_job() -> Iterator[None]:
+    """Whatever a job does to the process (W&B's offline mode sets WANDB_* variables, a W&B run stays
+    open) is undone when it ends, even when it fails, so the next job of a sequential sweep starts clean."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    try:
+        yield
+    finally:
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def check_budget(cfg: DictConfig) -> None:
+    for key in ("steps", "val_every"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise ValueError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.output_dir)
+    results_path = run_dir / RESULTS_FILE
+    if results_path.is_file():
+        log.info("%s exists: this run is complete, nothing to do", results_path)
+        return read_results(results_path)
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+
+    # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
+    check_budget(cfg)
+    module = CodecModule(
+        net=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler or None,
+        role=cfg.role,
+        teacher=cfg.teacher if cfg.role == "kd" else None,
+    )
+    module.check_kd_shapes()
+    datamodule = instantiate(cfg.data)
+    datamodule.check()
+
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=2 * cfg.steps,  # manual optimization: the main and the aux optimizer each count a step
+        val_check_interval=min(cfg.val_every, cfg.steps),
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        logger=[instantiate(c) for c in cfg.logger.values()],
+        plugins=plugins,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    trainer.save_checkpoint(last)  # the final batches may postdate the last validation
+
+    net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
+    log.info("coding %d evaluation images with %s", len(datamodule.eval_paths), meta["checkpoint"])
+    evaluation = evaluate_net(net, datamodule.eval_paths, run_dir / "bitstreams", cfg.eval.device)
+    identity = run_identity(meta) | {
+        "steps": trainer.global_step // 2,
+        "steps_planned": cfg.steps,
+        "seed": cfg.seed,
+        "run_dir": str(run_dir.resolve()),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    }
+    results = build_results(identity, net, evaluation, time.perf_counter() - start)
+    write_json_atomic(results_path, results)
+    m = results["metrics"]
+    log.info("%s: bpp %.4f (estimated %.4f), PSNR %s dB -> %s", cfg.role, m["bpp"], m["bpp_estimated"], m["psnr"], results_path)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with isolated_job():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
