@@ -77,7 +77,7 @@ class CodecModule(L.LightningModule):
         for key in self.loss.required_latents():
             s, t = shapes["student"].get(key), shapes["teacher"].get(key)
             if s is None or t is None or s != t:
-                hint = "M (latent channels)" if key == "y_hat" else "the hyper-latent width N"
+                hint = "M (latent channels)" if key == "y_hat" else "hyper-latent width N"
                 raise ValueError(f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
                                  f"set the student's {hint} to the teacher's, or its KD weight to 0")
 

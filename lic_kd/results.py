@@ -61,7 +61,7 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "N": net.get("N"),
         "M": net.get("M"),
         "lmbda": loss.get("lmbda"),
-        "loss": loss_target.rsplit(".", 1)[-1] if loss_target else None,
+        "loss": None if loss_target is None else ("kd" if loss_target.endswith("DistillationLoss") else "rd"),
         "loss_weights": {k: v for k, v in loss.items() if k != "lmbda"},
         "teacher": meta.get("teacher"),
         "steps": meta.get("steps"),

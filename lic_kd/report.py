@@ -1,0 +1,208 @@
+"""`python -m lic_kd.report SWEEP_DIR [SWEEP_DIR ...] --name NAME`: the rate-distortion table of every run
+and the BD-rate / BD-PSNR of every curve against an anchor, into multirun_reports/NAME/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import bjontegaard
+import numpy as np
+import pandas as pd
+
+from lic_kd.results import RESULTS_FILE, read_results
+
+# The fewest points each interpolation needs to mean something: a cubic through fewer than 4 points is
+# underdetermined; pchip and akima are piecewise and degrade to a line through 2.
+MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
+
+RD_COLUMNS = [
+    "curve", "role", "architecture", "N", "M", "lmbda", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
+    "ms_ssim_db", "encode_s", "decode_s", "params", "n_images", "run_dir",
+]
+
+
+def ms_ssim_db(value: float | None) -> float | None:
+    """MS-SSIM on CompressAI's dB scale: -10 log10(1 - MS-SSIM)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value >= 1:
+        return None
+    return -10 * math.log10(1 - value)
+
+
+def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Every results.json under the sweep dirs, and every run directory (Hydra's `.hydra/` marks one)
+    that has none, with the reason read from its log when there is one."""
+    results, missing = [], []
+    for sweep in sweep_dirs:
+        if not sweep.is_dir():
+            raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
+        run_dirs = sorted({p.parent for p in sweep.rglob(".hydra")} | {p.parent for p in sweep.rglob(RESULTS_FILE)})
+        for run_dir in run_dirs:
+            path = run_dir / RESULTS_FILE
+            if path.is_file():
+                try:
+                    results.append(read_results(path))
+                except json.JSONDecodeError as err:
+                    missing.append({"run_dir": str(run_dir), "reason": f"unreadable {RESULTS_FILE}: {err}"})
+            else:
+                missing.append({"run_dir": str(run_dir), "reason": failure_reason(run_dir)})
+    return results, missing
+
+
+def failure_reason(run_dir: Path) -> str:
+    """The last error line a failed run logged (Hydra's job log or submitit's stderr), else what is there."""
+    logs = sorted(run_dir.glob("*.log")) + sorted(run_dir.parent.glob(".submitit/*/*.err")) + sorted(run_dir.glob(".submitit/*/*.err"))
+    for log in logs:
+        lines = [l for l in log.read_text(errors="replace").splitlines() if "Error" in l or "error" in l]
+        if lines:
+            return f"no {RESULTS_FILE}; {log.name}: {lines[-1].strip()[:300]}"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"no {RESULTS_FILE}: training stopped after a checkpoint (re-run the same command to resume)"
+    return f"no {RESULTS_FILE}: the run did not finish"
+
+
+def curve_label(run: dict[str, Any]) -> str:
+    arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
+    return f"{run['role']}-{arch}N{run['N']}-M{run['M']}"
+
+
+def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        run, m = r["run"], r["metrics"]
+        rows.append({
+            **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "steps", "run_dir")},
+            "curve": curve_label(run),
+            "weights": json.dumps(run.get("loss_weights") or {}, sort_keys=True),
+            **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
+            "ms_ssim_db": ms_ssim_db(m.get("ms_ssim")),
+            "params": r.get("params"),
+        })
+    df = pd.DataFrame(rows, columns=RD_COLUMNS + ["weights"])
+    # Runs of one role and width but different KD weights are different curves.
+    for label, group in df.groupby("curve"):
+        if group["weights"].nunique() > 1:
+            df.loc[group.index, "curve"] = label + " " + group["weights"]
+    return df.drop(columns="weights").sort_values(["curve", "lmbda"], ignore_index=True)
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Shared fraction of the union of two intervals: the bjontegaard package's own definition."""
+    inter = min(a.max(), b.max()) - max(a.min(), b.min())
+    union = max(a.max(), b.max()) - min(a.min(), b.min())
+    return max(inter, 0.0) / union if union > 0 else 0.0
+
+
+def curve_points(df: pd.DataFrame, rate: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rate, distortion) of one curve, one point per lambda (repeats averaged), sorted by rate."""
+    points = df.dropna(subset=[rate, metric]).groupby("lmbda")[[rate, metric]].mean().sort_values(rate)
+    return points[rate].to_numpy(float), points[metric].to_numpy(float)
+
+
+def bd_row(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], method: str) -> dict[str, Any]:
+    """BD-rate (%) and BD-PSNR (dB) of test against anchor, or empty values and the reason."""
+    (ra, da), (rt, dt) = anchor, test
+    row: dict[str, Any] = {"points": len(rt), "anchor_points": len(ra), "bd_rate_pct": None, "bd_psnr_db": None,
+                           "overlap_dist": None, "overlap_rate": None, "reason": ""}
+    need = MIN_POINTS[method]
+    if min(len(ra), len(rt)) < need:
+        row["reason"] = f"{method} needs >= {need} points per curve (anchor {len(ra)}, curve {len(rt)})"
+        return row
+    for name, (r, d) in {"anchor": (ra, da), "curve": (rt, dt)}.items():
+        if np.any(np.diff(d) <= 0):
+            row["reason"] = f"{name} is not monotonic (quality does not rise with rate): no BD value means anything"
+            return row
+    row["overlap_dist"], row["overlap_rate"] = overlap(da, dt), overlap(np.log10(ra), np.log10(rt))
+    reasons = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # overlap is reported in its own columns
+        if row["overlap_dist"] > 0:
+            row["bd_rate_pct"] = float(bjontegaard.bd_rate(ra, da, rt, dt, method=method, require_matching_points=False, min_overlap=0))
+        else:
+            reasons.append("no overlap in quality: no BD-rate")
+        if row["overlap_rate"] > 0:
+            row["bd_psnr_db"] = float(bjontegaard.bd_psnr(ra, da, rt, dt, method=method, require_matching_points=False, min_overlap=0))
+        else:
+            reasons.append("no overlap in rate: no BD-PSNR")
+    if min(row["overlap_dist"], row["overlap_rate"]) < 0.75 and not reasons:
+        reasons.append("overlap below 75 %: read with care")
+    row["reason"] = "; ".join(reasons)
+    return row
+
+
+def default_anchor(df: pd.DataFrame) -> str | None:
+    """The teacher curve (the widest one when there are several), else None."""
+    teachers = df[df["role"] == "teacher"]
+    if teachers.empty:
+        return None
+    return teachers.sort_values(["N", "M"]).iloc[-1]["curve"]
+
+
+def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: str = "bpp", metric: str = "psnr") -> pd.DataFrame:
+    columns = ["curve", "anchor", "method", "rate", "metric", "points", "anchor_points", "bd_rate_pct", "bd_psnr_db",
+               "overlap_dist", "overlap_rate", "reason"]
+    if method not in MIN_POINTS:
+        raise ValueError(f"method must be one of {sorted(MIN_POINTS)}, got {method!r}")
+    curves = list(dict.fromkeys(df["curve"]))
+    if anchor is None:
+        return pd.DataFrame([{"curve": c, "reason": "no anchor: no teacher runs; name one with --anchor"} for c in curves], columns=columns)
+    if anchor not in curves:
+        raise ValueError(f"anchor {anchor!r} is not a curve of this report; curves: {', '.join(curves)}")
+    anchor_pts = curve_points(df[df["curve"] == anchor], rate, metric)
+    rows = [
+        {"curve": c, "anchor": anchor, "method": method, "rate": rate, "metric": metric,
+         **bd_row(anchor_pts, curve_points(df[df["curve"] == c], rate, metric), method)}
+        for c in curves if c != anchor
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def to_markdown(df: pd.DataFrame, title: str, missing: Sequence[dict[str, str]] = ()) -> str:
+    text = f"# {title}\n\n" + (df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no runs)") + "\n"
+    if missing:
+        text += "\n## Runs without results\n\n" + pd.DataFrame(missing).to_markdown(index=False) + "\n"
+    return text
+
+
+def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("multirun_reports"), anchor: str | None = None,
+                 method: str = "pchip", rate: str = "bpp", metric: str = "psnr") -> Path:
+    results, missing = find_runs(sweep_dirs)
+    if not results and not missing:
+        raise FileNotFoundError(f"no runs ({RESULTS_FILE} or .hydra/) under {', '.join(map(str, sweep_dirs))}")
+    out = out_root / name
+    out.mkdir(parents=True, exist_ok=True)
+    rd = rd_table(results)
+    bd = bd_table(rd, anchor or default_anchor(rd), method, rate, metric)
+    rd.to_csv(out / "rd_table.csv", index=False)
+    bd.to_csv(out / "bd_rate.csv", index=False)
+    pd.DataFrame(missing, columns=["run_dir", "reason"]).to_csv(out / "missing_runs.csv", index=False)
+    (out / "rd_table.md").write_text(to_markdown(rd.drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
+    (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lic_kd.report", description=__doc__)
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (or run) directories to aggregate")
+    parser.add_argument("--name", required=True, help="report name: writes multirun_reports/NAME/")
+    parser.add_argument("--out-root", type=Path, default=Path("multirun_reports"))
+    parser.add_argument("--anchor", default=None, help="curve label to compare against (default: the teacher curve)")
+    parser.add_argument("--method", default="pchip", choices=sorted(MIN_POINTS), help="BD interpolation")
+    parser.add_argument("--rate", default="bpp", choices=["bpp", "bpp_estimated"], help="bitstream or estimated bpp")
+    parser.add_argument("--metric", default="psnr", choices=["psnr", "ms_ssim_db"])
+    args = parser.parse_args(argv)
+    try:
+        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print((out / "rd_table.md").read_text())
+    print((out / "bd_rate.md").read_text())
+    print(f"report written to {out}/")
+
+
+if __name__ == "__main__":
+    main()
