@@ -1,4 +1,4 @@
-"""`python -m lic_kd.evaluate checkpoint=PATH data=FOLDER`: code every image of a folder with a trained
+"""`python -m lic_kd.evaluate checkpoint=PATH images=FOLDER`: code every image of a folder with a trained
 network (real bitstreams) and write results.json in the run directory."""
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     net, meta = load_net(cfg.checkpoint, cfg.architecture)
-    images = list_images(cfg.data, cfg.limit)
+    images = list_images(cfg.images, cfg.limit)
     check_images(images)  # a corrupt file fails here, by name, before any coding
     run_dir = Path(cfg.paths.output_dir)
     evaluation = evaluate_net(net, images, run_dir / "bitstreams", cfg.device)
-    identity = run_identity(meta) | {"run_dir": str(run_dir.resolve()), "images_dir": str(Path(cfg.data).resolve())}
+    identity = run_identity(meta) | {"run_dir": str(run_dir.resolve()), "images_dir": str(Path(cfg.images).resolve())}
     write_json_atomic(run_dir / RESULTS_FILE, build_results(identity, net, evaluation, time.perf_counter() - start))
     m = evaluation["metrics"]
     log.info("%d images: bpp %.4f (estimated %.4f), PSNR %s dB -> %s", m["n_images"], m["bpp"], m["bpp_estimated"], m["psnr"], run_dir / RESULTS_FILE)

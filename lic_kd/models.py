@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,9 +40,16 @@ def build_net(net_cfg: dict[str, Any]) -> CompressionModel:
     return instantiate(net_cfg)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a lic_kd run directory (its best, else last, checkpoint)."""
+def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
+    """A checkpoint file; a lic_kd run directory (its best, else last, checkpoint); or, given `lmbda`, a
+    sweep directory of finished runs, from which the one trained at that lambda is taken."""
     path = Path(path)
+    if path.is_dir() and not (path / "checkpoints").is_dir() and lmbda is not None:
+        runs = [p.parent for p in sorted(path.glob("*/results.json"))
+                if math.isclose(json.loads(p.read_text())["run"]["lmbda"] or -1, lmbda, rel_tol=1e-9)]
+        if len(runs) != 1:
+            raise CheckpointError(f"sweep directory {path} has {len(runs)} finished runs at lmbda={lmbda}, expected one")
+        path = runs[0]
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
@@ -51,12 +60,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_net(path: str | Path, architecture: str | None = None) -> tuple[CompressionModel, dict[str, Any]]:
+def load_net(path: str | Path, architecture: str | None = None, lmbda: float | None = None) -> tuple[CompressionModel, dict[str, Any]]:
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
     class and its widths are inferred from the weights. Also returns what the checkpoint says of its run:
-    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}."""
-    path = resolve_checkpoint(path)
+    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}. `lmbda` picks a run from a sweep dir."""
+    path = resolve_checkpoint(path, lmbda)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a damaged file

@@ -51,7 +51,7 @@ class CodecModule(L.LightningModule):
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
                 raise ValueError("role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a CompressAI file)")
-            self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"))
+            self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"), lmbda=self.hparams.loss["lmbda"])
 
     def train(self, mode: bool = True) -> "CodecModule":
         super().train(mode)

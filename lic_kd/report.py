@@ -14,7 +14,7 @@ import bjontegaard
 import numpy as np
 import pandas as pd
 
-from lic_kd.results import RESULTS_FILE, read_results
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
 
 # The fewest points each interpolation needs to mean something: a cubic through fewer than 4 points is
 # underdetermined; pchip and akima are piecewise and degrade to a line through 2.
@@ -54,7 +54,10 @@ def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[di
 
 
 def failure_reason(run_dir: Path) -> str:
-    """The last error line a failed run logged (Hydra's job log or submitit's stderr), else what is there."""
+    """The error a failed run recorded, else the last error line it logged (Hydra's job log or submitit's
+    stderr), else what is there."""
+    if (run_dir / FAILURE_FILE).is_file():
+        return f"failed: {read_results(run_dir / FAILURE_FILE)['error']}"
     logs = sorted(run_dir.glob("*.log")) + sorted(run_dir.parent.glob(".submitit/*/*.err")) + sorted(run_dir.glob(".submitit/*/*.err"))
     for log in logs:
         lines = [l for l in log.read_text(errors="replace").splitlines() if "Error" in l or "error" in l]

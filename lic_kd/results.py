@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 RESULTS_FILE = "results.json"
+FAILURE_FILE = "failure.json"  # written by a run that raised: what went wrong
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import lic_kd  # noqa: F401  (registers the config resolvers)
 from lic_kd.codec import evaluate_net
 from lic_kd.models import load_net
 from lic_kd.module import CodecModule
-from lic_kd.results import RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ def isolated_job() -> Iterator[None]:
         for key in [k for k in os.environ if k.startswith("WANDB_")]:
             del os.environ[key]
         os.environ.update(saved)
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def check_budget(cfg: DictConfig) -> None:
@@ -95,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps_planned": cfg.steps,
         "seed": cfg.seed,
         "run_dir": str(run_dir.resolve()),
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "overrides": _overrides(),
     }
     results = build_results(identity, net, evaluation, time.perf_counter() - start)
     write_json_atomic(results_path, results)
@@ -106,8 +110,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    failure = Path(cfg.paths.output_dir) / FAILURE_FILE
     with isolated_job():
-        train(cfg)
+        try:
+            train(cfg)
+        except Exception as err:
+            # Hydra reports a sweep's failures only once every job has run: leave the reason in the run dir.
+            log.error("run failed: %s: %s", type(err).__name__, err)
+            write_json_atomic(failure, {"error": f"{type(err).__name__}: {err}", "overrides": _overrides()})
+            raise
+    failure.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

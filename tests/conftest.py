@@ -1,0 +1,40 @@
+"""Shared helpers: run the real entry points (`python -m lic_kd.*`) on tiny settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO / "data" / "kodak"
+CBSD68 = REPO / "data" / "cbsd68"
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args...` as a user would run it; output captured for the assertions."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def train(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """The smoke preset plus `args`; Hydra wants its flags (-m) before the overrides."""
+    flags = [a for a in args if a.startswith("-")]
+    return run_module("lic_kd.train", *flags, "experiment=smoke", *[a for a in args if a not in flags], **kwargs)
+
+
+@pytest.fixture(scope="session")
+def teacher_sweep(tmp_path_factory) -> Path:
+    """Smoke teachers at two lambdas, trained once for the whole session."""
+    sweep = tmp_path_factory.mktemp("teachers")
+    train("-m", "role=teacher", "lmbda=0.005,0.02", f"hydra.sweep.dir={sweep}")
+    return sweep

@@ -1,0 +1,50 @@
+"""BD-rate through the report's path, against the public VCEG-M33 test vector."""
+
+import numpy as np
+import pytest
+
+from lic_kd.report import bd_row, overlap
+
+ANCHOR = (np.array([90.33, 181.03, 332.99, 547.79]), np.array([27.95, 31.17, 34.44, 38.11]))
+TEST = (np.array([127.1719, 186.14, 307.2924, 481.5588]), np.array([29.9286, 32.4165, 34.7013, 37.4561]))
+
+
+def test_vceg_m33_vector_cubic():
+    row = bd_row(ANCHOR, TEST, "cubic")
+    assert row["bd_rate_pct"] == pytest.approx(-13.261773, abs=1e-5)
+    assert row["bd_psnr_db"] == pytest.approx(0.800713, abs=1e-5)
+    assert row["overlap_dist"] == pytest.approx(0.74, abs=0.01)
+    assert "overlap below 75 %" in row["reason"]
+
+
+def test_pchip_is_close_to_cubic_on_a_smooth_curve():
+    row = bd_row(ANCHOR, TEST, "pchip")
+    assert row["bd_rate_pct"] == pytest.approx(-13.26, abs=1.5)
+
+
+def test_identical_curves_give_zero():
+    row = bd_row(ANCHOR, ANCHOR, "pchip")
+    assert row["bd_rate_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert row["bd_psnr_db"] == pytest.approx(0.0, abs=1e-9)
+    assert row["reason"] == ""
+
+
+def test_too_few_points_gives_no_number_and_the_reason():
+    row = bd_row(ANCHOR, (TEST[0][:3], TEST[1][:3]), "cubic")
+    assert row["bd_rate_pct"] is None and "cubic needs >= 4 points" in row["reason"]
+
+
+def test_non_monotonic_curve_gives_no_number():
+    row = bd_row(ANCHOR, (TEST[0], TEST[1][[0, 2, 1, 3]]), "pchip")
+    assert row["bd_rate_pct"] is None and "not monotonic" in row["reason"]
+
+
+def test_disjoint_curves_give_no_number():
+    far = (ANCHOR[0] * 100, ANCHOR[1] + 20)
+    row = bd_row(ANCHOR, far, "pchip")
+    assert row["bd_rate_pct"] is None and row["bd_psnr_db"] is None
+    assert "no overlap" in row["reason"]
+
+
+def test_overlap_fraction():
+    assert overlap(np.array([0.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(1 / 3)

@@ -1,0 +1,73 @@
+"""Config composition: every choice a user makes resolves to what it says."""
+
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import lic_kd  # noqa: F401  (resolvers)
+from conftest import REPO
+
+CONF = str(REPO / "conf")
+
+
+def make(overrides, name="train"):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+
+
+def test_default_is_a_plain_student_on_the_shipped_data():
+    cfg = make([])
+    assert cfg.role == "student" and cfg.loss._target_ == "lic_kd.losses.make_rd_loss"
+    assert cfg.model._target_ == "compressai.models.ScaleHyperprior"
+    assert cfg.data.train_dir == str(REPO / "data" / "cbsd68")
+    assert cfg.data.eval_dir == str(REPO / "data" / "kodak")
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
+
+
+@pytest.mark.parametrize("role, loss", [("teacher", "make_rd_loss"), ("student", "make_rd_loss"), ("kd", "DistillationLoss")])
+def test_role_picks_the_loss(role, loss):
+    cfg = make([f"role={role}"])
+    assert cfg.role == role and cfg.loss._target_.endswith(loss)
+
+
+def test_kd_weights_and_lambda_flow_into_the_loss():
+    cfg = make(["role=kd", "lmbda=0.0035", "loss.w_z=0.5", "loss.latent_criterion=kl"])
+    loss = instantiate(cfg.loss)
+    assert loss.rd.lmbda == 0.0035 and loss.weights["z"] == 0.5 and loss.latent_criterion == "kl"
+
+
+def test_quality_preset_sets_widths_and_lambda():
+    cfg = make(["rate=q6"])
+    assert (cfg.student.N, cfg.student.M, cfg.lmbda) == (192, 320, 0.0483)
+    assert (cfg.model.N, cfg.model.M) == (192, 320)
+
+
+def test_smoke_preset_is_tiny():
+    cfg = make(["experiment=smoke"])
+    assert cfg.model.N == 8 and cfg.data.crop_size == 64 and cfg.steps <= 10 and cfg.data.eval_limit == 2
+
+
+def test_submitit_local_launcher():
+    cfg = make(["launcher=submitit_local"])
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+def test_wandb_logger_is_offline_and_keeps_csv():
+    cfg = make(["logger=wandb"])
+    assert cfg.logger.wandb.offline is True and "csv" in cfg.logger
+
+
+def test_sweep_dirs_have_sub_second_resolution():
+    assert re.search(r"_\d{2}-\d{2}-\d{2}-\d{6}$", make([]).hydra.sweep.dir)
+
+
+def test_vimeo_layout_needs_its_root():
+    cfg = make(["data=vimeo90k", "data.train_dir=/nowhere"])
+    assert cfg.data.layout == "vimeo90k"
+
+
+def test_evaluate_config():
+    cfg = make(["checkpoint=x.ckpt"], name="evaluate")
+    assert cfg.images == str(REPO / "data" / "kodak") and cfg.limit is None

@@ -1,0 +1,72 @@
+"""The loss maths, checked by hand."""
+
+import math
+
+import pytest
+import torch
+
+from lic_kd.losses import DistillationLoss, latent_kl, make_rd_loss
+
+
+def fake_output(x_hat, likelihoods):
+    return {"x_hat": x_hat, "likelihoods": likelihoods}
+
+
+def test_rd_loss_is_lambda_255sq_mse_plus_bpp():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    x_hat = x + 0.01 * torch.randn_like(x)
+    lik = {"y": torch.full((2, 4, 2, 2), 0.5), "z": torch.full((2, 2, 1, 1), 0.25)}
+    out = make_rd_loss(0.01)(fake_output(x_hat, lik), x)
+    pixels = 2 * 8 * 8
+    bpp = (2 * 4 * 2 * 2 * 1 + 2 * 2 * 1 * 1 * 2) / pixels  # -log2(0.5) = 1 bit, -log2(0.25) = 2 bits
+    mse = ((x - x_hat) ** 2).mean()
+    assert out["bpp_loss"].item() == pytest.approx(bpp)
+    assert out["loss"].item() == pytest.approx(0.01 * 255**2 * mse.item() + bpp, rel=1e-5)
+
+
+@pytest.mark.parametrize("lmbda", [0, -0.1])
+def test_rd_loss_rejects_non_positive_lambda(lmbda):
+    with pytest.raises(ValueError, match="lmbda must be > 0"):
+        make_rd_loss(lmbda)
+
+
+def test_kd_loss_is_the_weighted_sum():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8)
+    lik = {"y": torch.full((1, 4, 2, 2), 0.5)}
+    s_out, t_out = fake_output(x * 0.9, lik), fake_output(x * 0.8, lik)
+    s_lat = {"y_hat": torch.randn(1, 4, 2, 2), "z_hat": torch.randn(1, 2, 1, 1)}
+    t_lat = {"y_hat": torch.randn(1, 4, 2, 2), "z_hat": torch.randn(1, 2, 1, 1)}
+    loss = DistillationLoss(lmbda=0.01, w_rd=0.4, w_y=0.3, w_z=0.2, w_x=0.1)
+    out = loss(s_out, s_lat, t_out, t_lat, x)
+    rd = make_rd_loss(0.01)(s_out, x)["loss"]
+    expected = (0.4 * rd + 0.3 * ((s_lat["y_hat"] - t_lat["y_hat"]) ** 2).mean()
+                + 0.2 * ((s_lat["z_hat"] - t_lat["z_hat"]) ** 2).mean() + 0.1 * ((x * 0.9 - x * 0.8) ** 2).mean())
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out["rd_loss"].item() == pytest.approx(rd.item())
+    assert loss.required_latents() == ["y_hat", "z_hat"]
+
+
+def test_kd_weight_zero_drops_the_term_and_its_shape_requirement():
+    loss = DistillationLoss(lmbda=0.01, w_y=0.3, w_z=0.0, w_x=0.3)
+    assert loss.required_latents() == ["y_hat"]
+
+
+def test_latent_kl_is_zero_for_equal_latents_and_positive_otherwise():
+    t = torch.randn(2, 8, 3, 3)
+    assert latent_kl(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert latent_kl(t + torch.randn_like(t), t).item() > 0
+
+
+def test_latent_kl_matches_a_hand_computed_distribution():
+    s = torch.tensor([0.0, 0.0]).view(1, 2, 1, 1)
+    t = torch.tensor([math.log(3.0), 0.0]).view(1, 2, 1, 1)  # softmax -> (0.75, 0.25)
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert latent_kl(s, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"w_y": -1}, "w_y must be >= 0"), ({"latent_criterion": "l1"}, "mse' or 'kl")])
+def test_kd_loss_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationLoss(lmbda=0.01, **kwargs)

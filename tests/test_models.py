@@ -1,0 +1,50 @@
+"""Networks: loading teachers from every kind of checkpoint, and the latents KD reads."""
+
+import pytest
+import torch
+from compressai.models import ScaleHyperprior
+
+from lic_kd.models import CheckpointError, capture_latents, load_net
+
+ARCH = "compressai.models.ScaleHyperprior"
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["raw_state_dict", "examples_train_dict"])
+def test_compressai_checkpoint_files_load_with_inferred_widths(tmp_path, wrap):
+    net = ScaleHyperprior(16, 24)
+    state = net.state_dict()
+    torch.save({"epoch": 3, "state_dict": state} if wrap else state, tmp_path / "ckpt.pth.tar")
+    loaded, meta = load_net(tmp_path / "ckpt.pth.tar", ARCH)
+    assert (loaded.N, loaded.M) == (16, 24)
+    assert meta["net"] == {"_target_": ARCH, "N": 16, "M": 24} and meta["role"] == "external"
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x)["x_hat"], net.eval()(x)["x_hat"])
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.ckpt"):
+        load_net(tmp_path / "nope.ckpt")
+
+
+def test_run_dir_without_checkpoints_is_named(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(CheckpointError, match="has no checkpoints/best.ckpt"):
+        load_net(tmp_path)
+
+
+def test_garbage_file_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "bad.ckpt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_net(tmp_path / "bad.ckpt", ARCH)
+
+
+def test_capture_latents_records_synthesis_inputs():
+    net = ScaleHyperprior(8, 16).eval()
+    with torch.no_grad(), capture_latents(net) as latents:
+        out = net(torch.rand(1, 3, 128, 64))
+    assert latents["y_hat"].shape == (1, 16, 8, 4) and latents["z_hat"].shape == (1, 8, 2, 1)
+    with torch.no_grad():
+        assert torch.allclose(net.g_s(latents["y_hat"]), out["x_hat"])
+    assert not net.g_s._forward_pre_hooks  # hooks removed afterwards
