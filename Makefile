@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 DEMO_DIR ?= outputs/demo
-DEMO_LAMBDAS ?= 0.0067,0.025
+DEMO_LAMBDAS ?= 0.0035,0.05
 DEMO_WIDTHS ?= 16,32
 DEMO_TEACHER_N ?= 64
 

@@ -95,7 +95,8 @@ class CodecModule(L.LightningModule):
         out = self._step(batch)
         optimizer.zero_grad()
         self.manual_backward(out["loss"])
-        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
+        if self.hparams.optimizer.get("clip_max_norm"):
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
         optimizer.step()
 
         aux_loss = self.net.aux_loss()

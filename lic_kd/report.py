@@ -14,6 +14,7 @@ import bjontegaard
 import numpy as np
 import pandas as pd
 
+from lic_kd.reference import export_curve, load_reference, safe_name
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
 
 # The fewest points each interpolation needs to mean something: a cubic through fewer than 4 points is
@@ -21,7 +22,7 @@ from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
 MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
 
 RD_COLUMNS = [
-    "curve", "role", "architecture", "N", "M", "lmbda", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
+    "curve", "role", "architecture", "N", "M", "lmbda", "quality", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
     "ms_ssim_db", "encode_s", "decode_s", "params", "n_images", "run_dir",
 ]
 
@@ -69,6 +70,10 @@ def failure_reason(run_dir: Path) -> str:
 
 
 def curve_label(run: dict[str, Any]) -> str:
+    if run["role"] == "codec":
+        return run["architecture"]
+    if run["role"] == "reference":  # published: kept apart from our own run of the same codec
+        return f"{run['architecture']} [ref]"
     arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
     return f"{run['role']}-{arch}N{run['N']}-M{run['M']}"
 
@@ -78,7 +83,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     for r in results:
         run, m = r["run"], r["metrics"]
         rows.append({
-            **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "steps", "run_dir")},
+            **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "run_dir")},
             "curve": curve_label(run),
             "weights": json.dumps(run.get("loss_weights") or {}, sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
@@ -90,7 +95,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     for label, group in df.groupby("curve"):
         if group["weights"].nunique() > 1:
             df.loc[group.index, "curve"] = label + " " + group["weights"]
-    return df.drop(columns="weights").sort_values(["curve", "lmbda"], ignore_index=True)
+    return df.drop(columns="weights").sort_values(["curve", "lmbda", "quality", "bpp"], ignore_index=True)
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,8 +106,9 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def curve_points(df: pd.DataFrame, rate: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(rate, distortion) of one curve, one point per lambda (repeats averaged), sorted by rate."""
-    points = df.dropna(subset=[rate, metric]).groupby("lmbda")[[rate, metric]].mean().sort_values(rate)
+    """(rate, distortion) of one curve, one point per lambda or quality (repeats averaged), sorted by rate."""
+    df = df.dropna(subset=[rate, metric]).assign(point=lambda d: d["lmbda"].fillna(d["quality"]))
+    points = df.groupby("point")[[rate, metric]].mean().sort_values(rate)
     return points[rate].to_numpy(float), points[metric].to_numpy(float)
 
 
@@ -172,8 +178,10 @@ def to_markdown(df: pd.DataFrame, title: str, missing: Sequence[dict[str, str]] 
 
 
 def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("multirun_reports"), anchor: str | None = None,
-                 method: str = "pchip", rate: str = "bpp", metric: str = "psnr") -> Path:
+                 method: str = "pchip", rate: str = "bpp", metric: str = "psnr", references: Sequence[Path] = ()) -> Path:
     results, missing = find_runs(sweep_dirs)
+    for path in references:
+        results += load_reference(path)
     if not results and not missing:
         raise FileNotFoundError(f"no runs ({RESULTS_FILE} or .hydra/) under {', '.join(map(str, sweep_dirs))}")
     out = out_root / name
@@ -185,21 +193,25 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     pd.DataFrame(missing, columns=["run_dir", "reason"]).to_csv(out / "missing_runs.csv", index=False)
     (out / "rd_table.md").write_text(to_markdown(rd.drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
     (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
+    for curve, points in rd[rd["role"] != "reference"].groupby("curve"):
+        export_curve(points, curve, out / "curves" / f"{safe_name(curve)}.json", f"lic_kd report {name}: Kodak, real bitstream bpp")
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lic_kd.report", description=__doc__)
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (or run) directories to aggregate")
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, help="sweep (or run) directories to aggregate (also codec outputs)")
     parser.add_argument("--name", required=True, help="report name: writes multirun_reports/NAME/")
     parser.add_argument("--out-root", type=Path, default=Path("multirun_reports"))
     parser.add_argument("--anchor", default=None, help="curve label to compare against (default: the teacher curve)")
     parser.add_argument("--method", default="pchip", choices=sorted(MIN_POINTS), help="BD interpolation")
     parser.add_argument("--rate", default="bpp", choices=["bpp", "bpp_estimated"], help="bitstream or estimated bpp")
     parser.add_argument("--metric", default="psnr", choices=["psnr", "ms_ssim_db"])
+    parser.add_argument("--reference", type=Path, nargs="*", default=[], metavar="JSON",
+                        help="published curves in CompressAI's results format, added as named curves (anchors)")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric)
+        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric, args.reference)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     print((out / "rd_table.md").read_text())

@@ -71,10 +71,13 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    from lic_kd.complexity import complexity
+
     return {
         "run": identity,
         "metrics": evaluation["metrics"],
         "params": count_parameters(net),
+        "complexity": complexity(net),
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
         "environment": environment(),
