@@ -9,7 +9,10 @@ DEMO_LAMBDAS ?= 0.0035,0.05
 DEMO_WIDTHS ?= 16,32
 DEMO_TEACHER_N ?= 64
 
-.PHONY: install test test-all demo report clean
+REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
+	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
+
+.PHONY: install test test-all demo codecs report figures clean
 
 install: $(INSTALLED)
 
@@ -29,18 +32,26 @@ test-all: install
 # Teachers at each lambda, then plain and KD students at each width and lambda (each KD student takes the
 # teacher of its own lambda from the teacher sweep), all coded on Kodak, then the report. Re-running
 # resumes: finished runs are skipped, interrupted ones continue from their last checkpoint.
-demo: install
+demo: install codecs
 	$(PY) -m lic_kd.train -m experiment=demo role=teacher student.N=$(DEMO_TEACHER_N) lmbda=$(DEMO_LAMBDAS) \
 		hydra.sweep.dir=$(DEMO_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) lmbda=$(DEMO_LAMBDAS) \
 		teacher.checkpoint=$(DEMO_DIR)/teachers hydra.sweep.dir=$(DEMO_DIR)/students
-	$(PY) -m lic_kd.report $(DEMO_DIR)/teachers $(DEMO_DIR)/students --name demo
+	$(MAKE) report
 
-# make report SWEEPS="outputs/multirun/A outputs/multirun/B" NAME=my_study [ANCHOR=teacher-N128-M192]
-SWEEPS ?= $(DEMO_DIR)/teachers $(DEMO_DIR)/students
+# JPEG, WebP, JPEG 2000 and AVIF (Pillow) at their quality ladders on Kodak: real files, same metrics.
+CODEC_POINTS ?= 5
+codecs: install
+	$(PY) -m lic_kd.classical --out $(DEMO_DIR)/codecs --points $(CODEC_POINTS)
+
+# make report SWEEPS="outputs/multirun/A outputs/multirun/B" NAME=my_study [ANCHOR=JPEG]
+# Tables, BD-rate, figures and report.md into multirun_reports/NAME/.
+SWEEPS ?= $(DEMO_DIR)/teachers $(DEMO_DIR)/students $(DEMO_DIR)/codecs
 NAME ?= demo
 report: install
-	$(PY) -m lic_kd.report $(SWEEPS) --name $(NAME) $(if $(ANCHOR),--anchor $(ANCHOR))
+	$(PY) -m lic_kd.report $(SWEEPS) --name $(NAME) --reference $(REFERENCES) $(if $(ANCHOR),--anchor $(ANCHOR))
+
+figures: report
 
 clean:
 	rm -rf outputs multirun_reports .pytest_cache

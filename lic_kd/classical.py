@@ -62,6 +62,15 @@ def code_with_pillow(path: Path, codec: str, quality: int, out_file: Path) -> di
     return row
 
 
+def spread(ladder: Sequence[int], points: int | None) -> list[int]:
+    """`points` qualities evenly spread over a ladder, ends included (all of it when points is None)."""
+    if not points or points >= len(ladder):
+        return list(ladder)
+    if points < 2:
+        raise ValueError(f"--points must be at least 2 (a curve), got {points}")
+    return [ladder[round(i * (len(ladder) - 1) / (points - 1))] for i in range(points)]
+
+
 def run_codec(codec: str, images: Sequence[Path], out_root: Path, qualities: Sequence[int] | None = None) -> list[Path]:
     """Every quality of one codec: one run directory (bitstreams + results.json) per quality."""
     suffix, _, _, ladder = CODECS[codec]
@@ -94,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "kodak")
     parser.add_argument("--codecs", default=",".join(available_codecs()), help=f"comma-separated, of {', '.join(CODECS)}")
     parser.add_argument("--qualities", default=None, help="comma-separated quality ladder (default: each codec's own)")
+    parser.add_argument("--points", type=int, default=None, help="use k qualities spread over each codec's ladder")
     parser.add_argument("--limit", type=int, default=None, help="code only the first k images")
     parser.add_argument("--out", type=Path, default=Path("outputs/codecs"))
     args = parser.parse_args(argv)
@@ -108,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_images(images)
     qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else None
     for codec in codecs:
-        run_codec(codec, images, args.out, qualities)
+        ladder = qualities or spread(CODECS[codec][3], args.points)
+        run_codec(codec, images, args.out, ladder)
     print(f"codec results written under {args.out}/")
 
 

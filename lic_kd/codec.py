@@ -17,6 +17,7 @@ from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from lic_kd.data import load_rgb, to_tensor
+from lic_kd.profiling import profile_codec
 
 PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
 MAGIC = b"LKD1"
@@ -138,7 +139,8 @@ def dataset_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def evaluate_net(net: CompressionModel, images: Sequence[Path], bitstream_dir: Path, device: str = "auto") -> dict[str, Any]:
-    """Code every image; returns {"metrics": dataset means, "images": per-image rows}."""
+    """Code every image; returns {"metrics": dataset means, "images": per-image rows, "device", and the
+    latency, energy and memory profile measured on the first 768x512 image (else the first image)}."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     coder = prepare_for_coding(net).to(dev)
     bitstream_dir.mkdir(parents=True, exist_ok=True)
@@ -146,4 +148,8 @@ def evaluate_net(net: CompressionModel, images: Sequence[Path], bitstream_dir: P
         code_image(coder, path, bitstream_dir / f"{path.stem}.lkd", dev)
         for path in tqdm(images, desc="coding", unit="img", dynamic_ncols=True)
     ]
-    return {"metrics": dataset_means(rows), "images": rows, "device": str(dev)}
+    sizes = [(r["width"], r["height"]) for r in rows]
+    probe = images[sizes.index((768, 512))] if (768, 512) in sizes else images[0]
+    profile = profile_codec(coder, pad(to_tensor(load_rgb(probe))[None].to(dev)), dev)
+    profile["latency"]["image"] = probe.name
+    return {"metrics": dataset_means(rows), "images": rows, "device": str(dev), **profile}

@@ -14,6 +14,7 @@ import bjontegaard
 import numpy as np
 import pandas as pd
 
+from lic_kd import REPO_ROOT
 from lic_kd.reference import export_curve, load_reference, safe_name
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
 
@@ -23,8 +24,10 @@ MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
 
 RD_COLUMNS = [
     "curve", "role", "architecture", "N", "M", "lmbda", "quality", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
-    "ms_ssim_db", "encode_s", "decode_s", "params", "n_images", "run_dir",
+    "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
 ]
+# Columns for the figures and the complexity table that the RD table does not print.
+EXTRA_COLUMNS = ["checkpoint", "params_encoder", "params_decoder", "size_mb", "decode_energy_j", "decoder_fps", "decode_peak_mb"]
 
 
 def ms_ssim_db(value: float | None) -> float | None:
@@ -89,8 +92,15 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
             "ms_ssim_db": ms_ssim_db(m.get("ms_ssim")),
             "params": r.get("params"),
+            "checkpoint": run.get("checkpoint"),
+            **{k: (r.get("complexity") or {}).get(k) for k in ("params_encoder", "params_decoder", "size_mb")},
+            "kmac_encoder": (r.get("complexity") or {}).get("kmac_per_pixel_encoder"),
+            "kmac_decoder": (r.get("complexity") or {}).get("kmac_per_pixel_decoder"),
+            "decode_energy_j": (r.get("energy") or {}).get("decode_j"),
+            "decoder_fps": (r.get("latency") or {}).get("decoder_fps"),
+            "decode_peak_mb": ((r.get("memory") or {}).get("decode_peak_bytes") or float("nan")) / 1e6,
         })
-    df = pd.DataFrame(rows, columns=RD_COLUMNS + ["weights"])
+    df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["weights"])
     # Runs of one role and width but different KD weights are different curves.
     for label, group in df.groupby("curve"):
         if group["weights"].nunique() > 1:
@@ -178,7 +188,8 @@ def to_markdown(df: pd.DataFrame, title: str, missing: Sequence[dict[str, str]] 
 
 
 def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("multirun_reports"), anchor: str | None = None,
-                 method: str = "pchip", rate: str = "bpp", metric: str = "psnr", references: Sequence[Path] = ()) -> Path:
+                 method: str = "pchip", rate: str = "bpp", metric: str = "psnr", references: Sequence[Path] = (),
+                 figures: bool = True, images_dir: Path = REPO_ROOT / "data" / "kodak") -> Path:
     results, missing = find_runs(sweep_dirs)
     for path in references:
         results += load_reference(path)
@@ -188,14 +199,58 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     out.mkdir(parents=True, exist_ok=True)
     rd = rd_table(results)
     bd = bd_table(rd, anchor or default_anchor(rd), method, rate, metric)
-    rd.to_csv(out / "rd_table.csv", index=False)
+    rd[RD_COLUMNS].to_csv(out / "rd_table.csv", index=False)
     bd.to_csv(out / "bd_rate.csv", index=False)
     pd.DataFrame(missing, columns=["run_dir", "reason"]).to_csv(out / "missing_runs.csv", index=False)
-    (out / "rd_table.md").write_text(to_markdown(rd.drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
+    (out / "rd_table.md").write_text(to_markdown(rd[RD_COLUMNS].drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
+    complexity = complexity_table(rd)
+    complexity.to_csv(out / "complexity.csv", index=False)
     (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
     for curve, points in rd[rd["role"] != "reference"].groupby("curve"):
         export_curve(points, curve, out / "curves" / f"{safe_name(curve)}.json", f"lic_kd report {name}: Kodak, real bitstream bpp")
+    if figures:
+        write_figures(rd, bd, complexity, missing, out, name, images_dir)
     return out
+
+
+def complexity_table(rd: pd.DataFrame) -> pd.DataFrame:
+    """One row per learned architecture (role, N, M): size, compute and speed."""
+    learned = rd[rd["role"].isin(["teacher", "student", "kd"])]
+    columns = ["params", "params_encoder", "params_decoder", "size_mb", "kmac_encoder", "kmac_decoder", "encode_s", "decode_s",
+               "decoder_fps", "decode_peak_mb", "decode_energy_j"]
+    if learned.empty:
+        return pd.DataFrame(columns=["curve", "role", "N", "M"] + columns)
+    table = learned.groupby(["curve", "role", "N", "M"], sort=False)[columns].mean().reset_index()
+    return table.sort_values(["N", "role"], ascending=[False, True], ignore_index=True)
+
+
+def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, missing: Sequence[dict[str, str]],
+                  out: Path, name: str, images_dir: Path) -> None:
+    """The figures, and report.md that shows every table and figure."""
+    from lic_kd import figures
+
+    made = {"rd_curves.png": True}
+    figures.rd_curves(rd, out / "rd_curves.png")
+    made["bd_rate_vs_kmac.png"] = figures.bd_vs_complexity(bd, rd, out / "bd_rate_vs_kmac.png")
+    made["complexity_vs_width.png"] = figures.complexity_vs_width(rd, out / "complexity_vs_width.png")
+    images = {p.name: p for p in images_dir.glob("*")} if images_dir.is_dir() else {}
+    made["visual_comparison.png"] = figures.visual_comparison(rd, images, out / "visual_comparison.png")
+    sections = [
+        f"# lic_kd report: {name}\n",
+        "Bitrates are real: 8 x bytes of each coded file / original pixels, averaged over images.\n",
+        "## Rate-distortion curves\n", "![RD curves](rd_curves.png)\n",
+        "## BD-rate against decoder complexity\n",
+        "![BD-rate vs kMAC](bd_rate_vs_kmac.png)\n" if made["bd_rate_vs_kmac.png"] else "(no curve has a BD-rate value: see the table)\n",
+        bd.to_markdown(index=False, floatfmt=".4g") + "\n",
+        "## Complexity\n", complexity.to_markdown(index=False, floatfmt=".4g") + "\n",
+        "![complexity vs width](complexity_vs_width.png)\n" if made["complexity_vs_width.png"] else "",
+        "## Visual comparison\n",
+        "![visual comparison](visual_comparison.png)\n" if made["visual_comparison.png"] else "(no decodable run for the chosen image)\n",
+        "## All runs\n", rd[RD_COLUMNS].drop(columns="run_dir").to_markdown(index=False, floatfmt=".4g") + "\n",
+    ]
+    if missing:
+        sections += ["## Runs without results\n", pd.DataFrame(missing).to_markdown(index=False) + "\n"]
+    (out / "report.md").write_text("\n".join(sections))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -209,9 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metric", default="psnr", choices=["psnr", "ms_ssim_db"])
     parser.add_argument("--reference", type=Path, nargs="*", default=[], metavar="JSON",
                         help="published curves in CompressAI's results format, added as named curves (anchors)")
+    parser.add_argument("--no-figures", action="store_true", help="tables only")
+    parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "kodak", help="evaluation images (visual comparison)")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric, args.reference)
+        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric,
+                           args.reference, not args.no_figures, args.images)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     print((out / "rd_table.md").read_text())

@@ -80,6 +80,7 @@ def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: di
         "complexity": complexity(net),
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
+        **{k: evaluation.get(k) for k in ("latency", "energy", "memory")},
         "environment": environment(),
         "images": evaluation["images"],
     }

@@ -63,6 +63,13 @@ def test_sweep_of_students_and_kd_students_then_report(teacher_sweep, tmp_path):
     # every curve has a number or the reason it has none
     assert (bd["bd_rate_pct"].notna() | bd["reason"].fillna("").str.len().gt(0)).all()
     assert "BD-rate" in report.stdout and (out / "rd_table.md").is_file() and (out / "bd_rate.md").is_file()
+    for figure in ("rd_curves.png", "complexity_vs_width.png", "visual_comparison.png"):
+        assert (out / figure).stat().st_size > 10_000, figure
+        assert f"({figure})" in (out / "report.md").read_text()
+    complexity = pd.read_csv(out / "complexity.csv")
+    assert set(complexity["N"]) == {8, 16} and (complexity["kmac_decoder"] > 0).all() and (complexity["decoder_fps"] > 0).all()
+    exported = json.loads((out / "curves" / "kd-N16-M16.json").read_text())
+    assert exported["name"] == "kd-N16-M16" and len(exported["results"]["bpp"]) == 2
 
 
 def test_submitit_local_sweep(tmp_path):

@@ -1,0 +1,185 @@
+"""Report figures from the report's tables: RD curves, BD-rate against decoder complexity (with the Pareto
+front), complexity and latency against width, and a visual comparison decoded from the real bitstreams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display here or on a cluster
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from lic_kd.codec import prepare_for_coding, read_bitstream  # noqa: E402
+from lic_kd.data import load_rgb  # noqa: E402
+from lic_kd.models import load_net  # noqa: E402
+
+ROLE_STYLE = {
+    "teacher": {"color": "black", "marker": "s", "linestyle": "-"},
+    "student": {"cmap": "Blues", "marker": "o", "linestyle": "-"},
+    "kd": {"cmap": "Reds", "marker": "^", "linestyle": "-"},
+    "codec": {"cmap": "Greys", "marker": "x", "linestyle": "--"},
+    "reference": {"cmap": "Greens", "marker": ".", "linestyle": ":"},
+}
+
+
+def _styles(rd: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """One colour per curve, shaded within its role so that wider students are darker."""
+    styles = {}
+    for role, group in rd.groupby("role", sort=False):
+        base = ROLE_STYLE.get(role, {"cmap": "Purples", "marker": "d", "linestyle": "-"})
+        curves = group.sort_values(["N", "curve"], na_position="last")["curve"].unique()
+        for i, curve in enumerate(curves):
+            color = base.get("color") or plt.get_cmap(base["cmap"])(0.45 + 0.5 * (i + 1) / (len(curves) + 1))
+            styles[curve] = {"color": color, "marker": base["marker"], "linestyle": base["linestyle"]}
+    return styles
+
+
+def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
+    styles = _styles(rd)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
+        for curve, group in rd.dropna(subset=[rate, metric]).groupby("curve", sort=False):
+            group = group.sort_values(rate)
+            ax.plot(group[rate], group[metric], label=curve, markersize=5, **styles[curve])
+        ax.set_xlabel(f"{rate} (bits per pixel{', from the bitstream' if rate == 'bpp' else ''})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Rate-distortion: PSNR")
+    axes[1].set_title("Rate-distortion: MS-SSIM")
+    axes[1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points no other point beats on both x and y (lower is better for both)."""
+    points = points.sort_values([x, y])
+    front, best = [], np.inf
+    for idx, row in points.iterrows():
+        if row[y] < best:
+            front.append(idx)
+            best = row[y]
+    return points.loc[front]
+
+
+def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
+    """BD-rate of each learned curve against its decoder kMAC/px; False when there is nothing to plot."""
+    kmac = rd.groupby("curve")["kmac_decoder"].first()
+    anchor = bd["anchor"].dropna().iloc[0] if bd["anchor"].notna().any() else None
+    points = bd.dropna(subset=["bd_rate_pct"]).assign(kmac=lambda d: d["curve"].map(kmac)).dropna(subset=["kmac"])
+    if anchor in kmac.index and not pd.isna(kmac[anchor]):
+        points = pd.concat([points, pd.DataFrame([{"curve": anchor, "bd_rate_pct": 0.0, "kmac": kmac[anchor]}])], ignore_index=True)
+    if points.empty:
+        return False
+    styles = _styles(rd)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for _, row in points.iterrows():
+        style = styles.get(row["curve"], {})
+        ax.scatter(row["kmac"], row["bd_rate_pct"], color=style.get("color"), marker=style.get("marker", "o"), s=50, label=row["curve"])
+    front = pareto_front(points, "kmac", "bd_rate_pct")
+    ax.plot(front["kmac"], front["bd_rate_pct"], "k--", alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("decoder complexity (kMAC / pixel, log scale)")
+    ax.set_ylabel(f"BD-rate vs {anchor} (%)  (lower is better)")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
+    learned = rd[rd["role"].isin(["teacher", "student", "kd"])].dropna(subset=["N"])
+    if learned.empty:
+        return False
+    per_width = learned.groupby(["role", "N"]).agg(
+        params=("params", "first"), kmac_decoder=("kmac_decoder", "first"), kmac_encoder=("kmac_encoder", "first"),
+        decode_s=("decode_s", "mean"), energy=("decode_energy_j", "mean")).reset_index()
+    panels = [("params", "parameters"), ("kmac_decoder", "decoder kMAC / pixel"), ("kmac_encoder", "encoder kMAC / pixel"),
+              ("decode_s", "decode time per Kodak image (s)"), ("energy", "decoder energy per image (J)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
+    for ax, (column, label) in zip(axes, panels):
+        for role, group in per_width.groupby("role"):
+            group = group.dropna(subset=[column]).sort_values("N")
+            style = ROLE_STYLE[role]
+            ax.plot(group["N"], group[column], marker=style["marker"], label=role,
+                    color=style.get("color") or plt.get_cmap(style["cmap"])(0.8))
+        if per_width[column].isna().all():
+            ax.text(0.5, 0.5, "not measured on this machine", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xlabel("N (channels)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray, float] | None:
+    """Decode one image of a learned run from the bitstream file it wrote."""
+    bitstream = run_dir / "bitstreams" / f"{Path(image).stem}.lkd"
+    if not bitstream.is_file() or not Path(checkpoint).is_file():
+        return None
+    net, _ = load_net(checkpoint)
+    coder = prepare_for_coding(net)
+    strings, shape, (h, w) = read_bitstream(bitstream)
+    with torch.inference_mode():
+        x_hat = coder.decompress(strings, shape)["x_hat"][0, :, :h, :w].clamp(0, 1)
+    return (x_hat.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), 8 * bitstream.stat().st_size / (h * w)
+
+
+def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, image: str = "kodim23.png", crop: int = 192) -> bool:
+    """The same crop of one image: the original, the teacher, each student (at the rate closest to the
+    teacher's median-lambda run), and the codec rows (e.g. JPEG) at the rate closest to it."""
+    learned = rd[rd["role"].isin(["teacher", "student", "kd"])]
+    if learned.empty:
+        return False
+    coded = sorted(p.stem for p in (Path(learned.iloc[0]["run_dir"]) / "bitstreams").glob("*.lkd"))
+    if Path(image).stem not in coded:  # runs that coded a subset: take the first image they all have
+        image = next((name for name in images if Path(name).stem in coded[:1]), image)
+    if image not in images:
+        return False
+    teachers = learned[learned["role"] == "teacher"]
+    reference = (teachers if not teachers.empty else learned).sort_values("lmbda")
+    target_bpp = reference.iloc[len(reference) // 2]["bpp"]
+    panels: list[tuple[str, np.ndarray]] = []
+    original = np.asarray(load_rgb(images[image]))
+    panels.append(("original", original))
+    for curve, group in learned.groupby("curve", sort=False):
+        row = group.iloc[(group["bpp"] - target_bpp).abs().argmin()]
+        decoded = _decode_run(Path(row["run_dir"]), row["checkpoint"], image)
+        if decoded is not None:
+            panels.append((f"{curve}\nlmbda={row['lmbda']:g}, {decoded[1]:.3f} bpp", decoded[0]))
+    for codec, group in rd[rd["role"] == "codec"].groupby("curve"):
+        row = group.iloc[(group["bpp"] - target_bpp).abs().argmin()]
+        files = list((Path(row["run_dir"]) / "bitstreams").glob(f"{Path(image).stem}.*"))
+        if files:
+            h, w = original.shape[:2]
+            with Image.open(files[0]) as img:
+                decoded_img = np.asarray(img.convert("RGB"))
+            panels.append((f"{codec} q={row['quality']:g}\n{8 * files[0].stat().st_size / (h * w):.3f} bpp", decoded_img))
+    h, w = original.shape[:2]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, pixels) in zip(axes.flat, panels):
+        ax.imshow(pixels[top : top + crop, left : left + crop], interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{image}: centre crop {crop}x{crop}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,135 @@
+"""Speed, energy and memory of a codec, measured for real or recorded as unavailable with the reason."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from compressai.models import CompressionModel
+
+RAPL = Path("/sys/class/powercap/intel-rapl:0")  # CPU package domain
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class EnergyMeter:
+    """Cumulative energy counter of the device: NVML on an NVIDIA GPU, RAPL on a CPU that exposes it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.reason = ""
+        self._read: Callable[[], float] | None = None  # joules
+        self._wrap = 0.0
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                self._read = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # mJ
+                self.source = "nvml"
+            except Exception as err:  # no driver, or a GPU older than Volta
+                self.reason = f"NVML energy counter unavailable: {err}"
+        else:
+            energy = RAPL / "energy_uj"
+            try:
+                float(energy.read_text())
+                self._wrap = float((RAPL / "max_energy_range_uj").read_text()) / 1e6
+                self._read = lambda: float(energy.read_text()) / 1e6
+                self.source = "rapl"
+            except OSError as err:
+                self.reason = f"no readable RAPL counter ({energy}: {err.strerror or err})"
+
+    @property
+    def available(self) -> bool:
+        return self._read is not None
+
+    def joules_per_call(self, fn: Callable[[], Any], device: torch.device, min_seconds: float = 2.0) -> float:
+        """Energy of one call, averaged over as many calls as fill `min_seconds`: the counters update only
+        every 20-100 ms."""
+        assert self._read is not None
+        _sync(device)
+        calls, start, e0 = 0, time.perf_counter(), self._read()
+        while time.perf_counter() - start < min_seconds or calls == 0:
+            fn()
+            calls += 1
+        _sync(device)
+        used = self._read() - e0
+        if used < 0:  # RAPL wrapped around
+            used += self._wrap
+        return used / calls
+
+
+def peak_rss_during(fn: Callable[[], Any]) -> int | None:
+    """Extra resident memory (bytes) at the peak of fn, from Linux's VmHWM after resetting it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set size
+        baseline = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - baseline) * 1024
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+@torch.inference_mode()
+def profile_codec(coder: CompressionModel, x_padded: torch.Tensor, device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """Latency after a warm-up, decoder throughput, energy and peak decode memory on one padded image.
+    `coder` comes from prepare_for_coding."""
+    h, w = x_padded.shape[-2:]
+    encoded = coder.compress(x_padded)  # warm-up, and the strings to decode
+    coder.decompress(encoded["strings"], encoded["shape"])
+    encode = lambda: coder.compress(x_padded)  # noqa: E731
+    decode = lambda: coder.decompress(encoded["strings"], encoded["shape"])  # noqa: E731
+    latency = {
+        "encode_s": _median_seconds(encode, device, repeats),
+        "decode_s": _median_seconds(decode, device, repeats),
+        "height": h,
+        "width": w,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+    }
+    latency["decoder_fps"] = 1.0 / latency["decode_s"]
+
+    meter = EnergyMeter(device)
+    if meter.available:
+        decode_j = meter.joules_per_call(decode, device)
+        energy = {"available": True, "source": meter.source, "decode_j": decode_j,
+                  "encode_decode_j": meter.joules_per_call(lambda: (encode(), decode()), device)}
+    else:
+        energy = {"available": False, "reason": meter.reason, "decode_j": None, "encode_decode_j": None}
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        decode()
+        memory = {"decode_peak_bytes": torch.cuda.max_memory_allocated(device) - base, "source": "torch.cuda"}
+    else:
+        peak = peak_rss_during(decode)
+        memory = {"decode_peak_bytes": peak, "source": "VmHWM" if peak is not None else "unavailable"}
+    return {"latency": latency, "energy": energy, "memory": memory}
