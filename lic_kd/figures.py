@@ -58,39 +58,49 @@ def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
     plt.close(fig)
 
 
-def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Points no other point beats on both x and y (lower is better for both)."""
-    points = points.sort_values([x, y])
+def pareto_front(points: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) -> pd.DataFrame:
+    """Points that no other point beats on both x (lower is better) and y."""
+    sign = 1 if lower_is_better else -1
+    points = points.assign(_y=sign * points[y]).sort_values([x, "_y"])
     front, best = [], np.inf
     for idx, row in points.iterrows():
-        if row[y] < best:
+        if row["_y"] < best:
             front.append(idx)
-            best = row[y]
-    return points.loc[front]
+            best = row["_y"]
+    return points.loc[front].drop(columns="_y")
 
 
 def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
-    """BD-rate of each learned curve against its decoder kMAC/px; False when there is nothing to plot."""
+    """BD-rate and BD-PSNR of each learned curve against its decoder kMAC/px, Pareto fronts marked; False
+    when no curve has either value."""
     kmac = rd.groupby("curve")["kmac_decoder"].first()
     anchor = bd["anchor"].dropna().iloc[0] if bd["anchor"].notna().any() else None
-    points = bd.dropna(subset=["bd_rate_pct"]).assign(kmac=lambda d: d["curve"].map(kmac)).dropna(subset=["kmac"])
+    points = bd.assign(kmac=lambda d: d["curve"].map(kmac)).dropna(subset=["kmac"])
     if anchor in kmac.index and not pd.isna(kmac[anchor]):
-        points = pd.concat([points, pd.DataFrame([{"curve": anchor, "bd_rate_pct": 0.0, "kmac": kmac[anchor]}])], ignore_index=True)
-    if points.empty:
+        points = pd.concat([points, pd.DataFrame([{"curve": anchor, "bd_rate_pct": 0.0, "bd_psnr_db": 0.0, "kmac": kmac[anchor]}])],
+                           ignore_index=True)
+    panels = [("bd_rate_pct", f"BD-rate vs {anchor} (%), lower is better", True),
+              ("bd_psnr_db", f"BD-PSNR vs {anchor} (dB), higher is better", False)]
+    if all(points[column].isna().all() or len(points[column].dropna()) <= 1 for column, _, _ in panels):
         return False
     styles = _styles(rd)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for _, row in points.iterrows():
-        style = styles.get(row["curve"], {})
-        ax.scatter(row["kmac"], row["bd_rate_pct"], color=style.get("color"), marker=style.get("marker", "o"), s=50, label=row["curve"])
-    front = pareto_front(points, "kmac", "bd_rate_pct")
-    ax.plot(front["kmac"], front["bd_rate_pct"], "k--", alpha=0.6, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("decoder complexity (kMAC / pixel, log scale)")
-    ax.set_ylabel(f"BD-rate vs {anchor} (%)  (lower is better)")
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, (column, label, lower) in zip(axes, panels):
+        have = points.dropna(subset=[column])
+        for _, row in have.iterrows():
+            style = styles.get(row["curve"], {})
+            ax.scatter(row["kmac"], row[column], color=style.get("color"), marker=style.get("marker", "o"), s=50, label=row["curve"])
+        if len(have) > 1:
+            front = pareto_front(have, "kmac", column, lower)
+            ax.plot(front["kmac"], front[column], "k--", alpha=0.6, label="Pareto front")
+        else:
+            ax.text(0.5, 0.5, "no curve has a value: see bd_rate.md for the reasons", ha="center", transform=ax.transAxes, color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("decoder complexity (kMAC / pixel, log scale)")
+        ax.set_ylabel(label)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

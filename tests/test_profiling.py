@@ -40,3 +40,14 @@ def test_rapl_reader_handles_a_counter_that_wraps(monkeypatch, tmp_path):
 def test_peak_rss_sees_a_large_allocation():
     peak = peak_rss_during(lambda: torch.ones(64, 1024, 1024).sum())  # 256 MB
     assert peak is None or peak > 200e6
+
+
+def test_decode_peak_memory_grows_with_the_model():
+    from lic_kd.profiling import decode_peak_in_fresh_process
+
+    x = torch.rand(1, 3, 256, 384)
+    peaks = []
+    for n, m in ((8, 16), (64, 96)):
+        coder = prepare_for_coding(ScaleHyperprior(n, m))
+        peaks.append(decode_peak_in_fresh_process(coder, coder.compress(x))["decode_peak_bytes"])
+    assert peaks[0] > 0 and peaks[1] > peaks[0]

@@ -1,0 +1,82 @@
+"""Sweeps on a real SLURM cluster (the local one from scripts/slurm-local.sh, which .ci/run starts)."""
+
+import json
+import shutil
+import subprocess
+from datetime import datetime
+
+import pandas as pd
+import pytest
+
+from conftest import run_module, train
+
+
+def slurm_answers() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and any(s.strip("*~#") in ("idle", "mix", "alloc") for s in out.stdout.split())
+
+
+pytestmark = pytest.mark.skipif(
+    not slurm_answers(),
+    reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` (scripts/slurm-local.sh up, as root)",
+)
+
+# What a 2-core test node can give; everything else is the launcher=slurm default a user gets.
+SLURM = ["launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10",
+         "data.num_workers=0"]
+
+
+def sacct(job_id: str) -> pd.DataFrame:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,Start,End"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in out.strip().splitlines()]
+    return pd.DataFrame(rows, columns=["job", "state", "start", "end"])
+
+
+def job_ids(sweep) -> set[str]:
+    return {p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()}
+
+
+def test_sweep_on_slurm_lands_results_and_report_with_array_parallelism(tmp_path):
+    sweep = tmp_path / "sweep"
+    train("-m", *SLURM, "student.N=8,12", "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}", timeout=900)
+    found = sorted(sweep.glob("*/results.json"))
+    assert {json.loads(p.read_text())["run"]["N"] for p in found} == {8, 12}
+    # a job array with at most one task running at a time: the second starts after the first ended
+    array_id = next(iter(job_ids(sweep))).split("_")[0]
+    tasks = sacct(array_id)
+    assert len(tasks) == 2 and (tasks["state"] == "COMPLETED").all()
+    first, second = sorted(tasks.itertuples(), key=lambda t: t.start)
+    assert datetime.fromisoformat(second.start) >= datetime.fromisoformat(first.end)
+    run_module("lic_kd.report", str(sweep), "--name", "s", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    assert len(pd.read_csv(tmp_path / "rep" / "s" / "rd_table.csv")) == 2
+
+
+def test_a_failed_job_leaves_the_others_and_the_report_lists_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", *SLURM, "student.N=8,0", f"hydra.sweep.dir={sweep}", check=False, timeout=900)
+    assert proc.returncode != 0
+    run_module("lic_kd.report", str(sweep), "--name", "f", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    assert len(pd.read_csv(tmp_path / "rep" / "f" / "rd_table.csv")) == 1
+    missing = pd.read_csv(tmp_path / "rep" / "f" / "missing_runs.csv")
+    assert len(missing) == 1 and "network width N must be a positive integer" in missing["reason"][0]
+
+
+def test_a_job_past_its_time_limit_is_requeued_and_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    train("-m", *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "steps=2500", "val_every=50",
+          "student.N=8", f"hydra.sweep.dir={sweep}", timeout=1400)
+    run = sweep / "0"
+    r = json.loads((run / "results.json").read_text())
+    assert r["run"]["steps"] == 2500
+    assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
+    log = (run / "train.log").read_text()
+    assert "resuming from" in log  # the requeued job continued from last.ckpt instead of starting over
+    (job,) = job_ids(sweep)
+    states = sacct(job.split("_")[0])["state"]
+    assert len(states) >= 2 and states.iloc[-1] == "COMPLETED"  # one attempt per requeue, the last one finished
