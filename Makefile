@@ -12,7 +12,7 @@ DEMO_TEACHER_N ?= 64
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo codecs report figures clean
+.PHONY: install test test-all demo codecs report figures slurm-up slurm-down clean
 
 install: $(INSTALLED)
 
@@ -52,6 +52,13 @@ report: install
 	$(PY) -m lic_kd.report $(SWEEPS) --name $(NAME) --reference $(REFERENCES) $(if $(ANCHOR),--anchor $(ANCHOR))
 
 figures: report
+
+# A real single-node SLURM on this machine (root; Debian packages), for the SLURM tests and launcher=slurm.
+slurm-up:
+	bash scripts/slurm-local.sh up
+
+slurm-down:
+	bash scripts/slurm-local.sh down
 
 clean:
 	rm -rf outputs multirun_reports .pytest_cache

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -87,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        log.info("resuming from %s", last)
+        done = torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0) // 2
+        log.info("resuming from %s at batch %d of %d", last, done, cfg.steps)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     trainer.save_checkpoint(last)  # the final batches may postdate the last validation
 

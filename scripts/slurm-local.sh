@@ -13,6 +13,17 @@ HOST=$(hostname -s)
 
 log() { printf '[slurm-local] %s\n' "$*"; }
 
+ours() {  # is this pid one of the daemons this script starts? (a stale pid may belong to anything now)
+  case "$(cat "/proc/$1/comm" 2>/dev/null)" in munged|mariadbd|slurmdbd|slurmctld|slurmd) return 0 ;; *) return 1 ;; esac
+}
+
+forget_stale_pids() {  # keep only pids that still are our daemons (a new session or machine starts clean)
+  [ -f "$PIDS" ] || return 0
+  local pid live=""
+  while read -r pid; do ours "$pid" && live="$live$pid"$'\n'; done <"$PIDS"
+  printf '%s' "$live" >"$PIDS"
+}
+
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   for _ in $(seq 1 $((limit * 5))); do
@@ -88,7 +99,7 @@ start_munge() {
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge
   if ! munge -n >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    runuser -u munge -- /usr/sbin/munged --force --pid-file=/run/munge/munged.pid  # --force: a stale socket is fine
     wait_for 10 munged munge -n
     cat /run/munge/munged.pid >>"$PIDS"
   fi
@@ -101,10 +112,11 @@ start_mariadb() {
       mkdir -p "$STATE/mysql" && chown mysql:mysql "$STATE/mysql"
       mariadb-install-db --user=mysql --datadir="$STATE/mysql" --auth-root-authentication-method=normal >/dev/null
     fi
+    # files written by mariadbd itself go where user mysql may write
     mariadbd --user=mysql --datadir="$STATE/mysql" --skip-networking --socket=/run/mysqld/mysqld.sock \
-      --pid-file="$STATE/run/mariadbd.pid" --log-error="$STATE/log/mariadb.log" &
+      --pid-file=/run/mysqld/mariadbd.pid --log-error="$STATE/mysql/mariadb.log" &
     wait_for 60 mariadbd mariadb -u root -e 'select 1'
-    cat "$STATE/run/mariadbd.pid" >>"$PIDS"
+    cat /run/mysqld/mariadbd.pid >>"$PIDS"
   fi
 }
 
@@ -135,6 +147,7 @@ up() {
   getent hosts "$HOST" >/dev/null || echo "127.0.0.1 $HOST" >>/etc/hosts  # the node name must resolve
   write_configs
   touch "$PIDS"
+  forget_stale_pids
   start_munge
   start_mariadb
   start_slurm
@@ -144,6 +157,7 @@ up() {
 down() {
   [ -f "$PIDS" ] || { log "nothing started by this script"; return 0; }
   tac "$PIDS" | while read -r pid; do
+    ours "$pid" || continue
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   done
