@@ -4,6 +4,7 @@ measure. bpp counts every byte of the file written, over the original (unpadded)
 from __future__ import annotations
 
 import copy
+import json
 import math
 import struct
 import time
@@ -20,7 +21,7 @@ from lic_kd.data import load_rgb, to_tensor
 from lic_kd.profiling import profile_codec
 
 PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
-MAGIC = b"LKD1"
+MAGIC = b"LKD2"
 MS_SSIM_MIN_SIDE = 161  # 5 scales of 11x11 windows: (11 - 1) * 2**4 + 1
 
 
@@ -30,10 +31,18 @@ def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
 
 
-def write_bitstream(path: Path, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: Sequence[int]) -> int:
-    """Store a compressed image: magic, original H and W, latent shape, then each string with its length.
-    Returns the number of bytes written."""
-    parts = [MAGIC, struct.pack(">HHB", *size, len(shape)), struct.pack(f">{len(shape)}H", *shape), struct.pack(">B", len(strings))]
+def _plain_shape(shape: Any) -> Any:
+    """Latent shapes as JSON-able lists (models give a torch.Size, or a dict of them for latent codecs)."""
+    if isinstance(shape, dict):
+        return {k: _plain_shape(v) for k, v in shape.items()}
+    return [int(v) for v in shape]
+
+
+def write_bitstream(path: Path, strings: Sequence[Sequence[bytes]], shape: Any, size: Sequence[int]) -> int:
+    """Store a compressed image: magic, original H and W, the latent shape (compact JSON: a dict for latent
+    codecs), then each string with its length. Every byte counts in bpp. Returns the bytes written."""
+    header = json.dumps(_plain_shape(shape), separators=(",", ":")).encode()
+    parts = [MAGIC, struct.pack(">HHH", *size, len(header)), header, struct.pack(">B", len(strings))]
     for group in strings:
         if len(group) != 1:
             raise ValueError(f"expected one string per group for a single image, got {len(group)}")
@@ -43,15 +52,15 @@ def write_bitstream(path: Path, strings: Sequence[Sequence[bytes]], shape: Seque
     return len(data)
 
 
-def read_bitstream(path: Path) -> tuple[list[list[bytes]], list[int], tuple[int, int]]:
+def read_bitstream(path: Path) -> tuple[list[list[bytes]], Any, tuple[int, int]]:
     """Inverse of write_bitstream: (strings, latent shape, original (H, W))."""
     data = path.read_bytes()
     if data[:4] != MAGIC:
         raise ValueError(f"{path} is not a lic_kd bitstream")
-    h, w, n_dims = struct.unpack_from(">HHB", data, 4)
-    offset = 9
-    shape = list(struct.unpack_from(f">{n_dims}H", data, offset))
-    offset += 2 * n_dims
+    h, w, header_len = struct.unpack_from(">HHH", data, 4)
+    offset = 10
+    shape = json.loads(data[offset : offset + header_len])
+    offset += header_len
     (n_strings,) = struct.unpack_from(">B", data, offset)
     offset += 1
     strings = []

@@ -18,17 +18,25 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing or cannot be loaded; the message names it."""
 
 
-# CompressAI's bmshj2018-hyperprior zoo presets: quality -> (N, M, MSE lambda).
-HYPERPRIOR_QUALITIES = {
-    1: (128, 192, 0.0018),
-    2: (128, 192, 0.0035),
-    3: (128, 192, 0.0067),
-    4: (128, 192, 0.0130),
-    5: (128, 192, 0.0250),
-    6: (192, 320, 0.0483),
-    7: (192, 320, 0.0932),
-    8: (192, 320, 0.1800),
-}
+# The MSE lambdas CompressAI's zoo models were trained with, by quality (widths come from its own table).
+ZOO_MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+# lic_kd model config names whose zoo widths CompressAI lists under another name.
+ZOO_ALIASES = {"cheng2020-anchor-checkerboard": "cheng2020-anchor"}
+
+
+def zoo_preset(model: str, quality: int, field: str) -> float | int | None:
+    """N, M or lmbda of CompressAI's zoo `model` at `quality` (M is None for single-width models)."""
+    from compressai.zoo.image import cfgs
+
+    table = cfgs.get(ZOO_ALIASES.get(model, model))
+    if table is None:
+        raise ValueError(f"no CompressAI zoo presets for model {model!r}; known: {', '.join(sorted(cfgs))}")
+    if quality not in table:
+        raise ValueError(f"{model} has zoo qualities {min(table)}..{max(table)}, got {quality}")
+    if field == "lmbda":
+        return ZOO_MSE_LAMBDAS[quality]
+    widths = table[quality]
+    return {"N": widths[0], "M": widths[1] if len(widths) > 1 else None}[field]
 
 
 def build_net(net_cfg: dict[str, Any]) -> CompressionModel:

@@ -78,7 +78,7 @@ def curve_label(run: dict[str, Any]) -> str:
     if run["role"] == "reference":  # published: kept apart from our own run of the same codec
         return f"{run['architecture']} [ref]"
     arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
-    return f"{run['role']}-{arch}N{run['N']}-M{run['M']}"
+    return f"{run['role']}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
 
 
 def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:

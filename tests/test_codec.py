@@ -20,9 +20,9 @@ def net():
 
 def test_bitstream_file_round_trip(tmp_path):
     strings = [[b"\x01\x02\x03"], [b"hello"]]
-    n = write_bitstream(tmp_path / "a.lkd", strings, [2, 3], (70, 50))
+    n = write_bitstream(tmp_path / "a.lkd", strings, {"y": [2, 3], "hyper": [1, 1]}, (70, 50))
     assert n == (tmp_path / "a.lkd").stat().st_size
-    assert read_bitstream(tmp_path / "a.lkd") == (strings, [2, 3], (70, 50))
+    assert read_bitstream(tmp_path / "a.lkd") == (strings, {"y": [2, 3], "hyper": [1, 1]}, (70, 50))
 
 
 def test_bpp_counts_every_byte_written_over_the_original_pixels(net, tmp_path):

@@ -69,3 +69,7 @@ def test_report_against_a_published_anchor(tmp_path, crops):
     assert set(bd.index) == {"bmshj2018-hyperprior [ref]", "JPEG [ref]"}
     curves = json.loads((out / "r" / "curves" / "JPEG.json").read_text())
     assert curves["name"] == "JPEG" and len(curves["results"]["bpp"]) == 5
+    # CompressAI's own plotting tool reads the exported curve beside a published one
+    run_module("compressai.utils.plot", "-f", str(out / "r" / "curves" / "JPEG.json"), str(HYPERPRIOR), "-m", "ms-ssim",
+               "-o", str(tmp_path / "compressai_plot.png"), env={"MPLBACKEND": "Agg"})
+    assert (tmp_path / "compressai_plot.png").stat().st_size > 10_000

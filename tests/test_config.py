@@ -4,6 +4,7 @@ import re
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 import lic_kd  # noqa: F401  (resolvers)
@@ -14,7 +15,9 @@ CONF = str(REPO / "conf")
 
 def make(overrides, name="train"):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # as in a run: ${hydra:...} resolves
+    return cfg
 
 
 def test_default_is_a_plain_student_on_the_shipped_data():
@@ -42,6 +45,15 @@ def test_quality_preset_sets_widths_and_lambda():
     cfg = make(["rate=q6"])
     assert (cfg.student.N, cfg.student.M, cfg.lmbda) == (192, 320, 0.0483)
     assert (cfg.model.N, cfg.model.M) == (192, 320)
+
+
+@pytest.mark.parametrize("model, quality, widths", [
+    ("bmshj2018-factorized", 6, (192, 320)), ("mbt2018-mean", 5, (192, 320)), ("mbt2018", 2, (192, 192)),
+    ("cheng2020-anchor-checkerboard", 4, (192, None)),
+])
+def test_quality_presets_follow_the_model_family(model, quality, widths):
+    cfg = make([f"model={model}", f"rate=q{quality}"])
+    assert (cfg.student.N, cfg.student.M) == widths and cfg.lmbda == [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483][quality - 1]
 
 
 def test_smoke_preset_is_tiny():
