@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,6 +50,36 @@ def build_net(net_cfg: dict[str, Any]) -> CompressionModel:
     return instantiate(net_cfg)
 
 
+ZOO_FILE = re.compile(r"-([0-9a-f]{8})\.pth(\.tar)?$")  # CompressAI names its weights <model>-<q>-<sha256[:8]>.pth.tar
+
+
+def zoo_file(spec: str) -> tuple[Path, str]:
+    """`zoo:MODEL:QUALITY[:METRIC]` -> (that weights file in the torch hub cache, its model class). The
+    file is never downloaded: place CompressAI's file, under its own name, in `$TORCH_HOME/hub/checkpoints/`."""
+    from compressai.zoo.image import model_architectures, model_urls
+
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or not parts[2].isdigit():
+        raise CheckpointError(f"zoo checkpoints are named zoo:MODEL:QUALITY[:METRIC], got {spec!r}")
+    model, quality, metric = parts[1], int(parts[2]), parts[3] if len(parts) == 4 else "mse"
+    try:
+        url = model_urls[model][metric][quality]
+    except KeyError:
+        raise CheckpointError(f"CompressAI's zoo has no {model} {metric} quality {quality}; models: {', '.join(model_urls)}") from None
+    cls = model_architectures[model]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise CheckpointError(f"{spec}: {path.name} is not in {path.parent} (no download here: copy CompressAI's file there)")
+    return path, f"{cls.__module__}.{cls.__name__}"
+
+
+def check_zoo_hash(path: Path) -> None:
+    """A file named like CompressAI's zoo weights must hash to the 8 hex digits in its name."""
+    match = ZOO_FILE.search(path.name)
+    if match and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(match.group(1)):
+        raise CheckpointError(f"{path} does not match the sha256 prefix {match.group(1)} in its name: damaged or not that file")
+
+
 def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
     """A checkpoint file; a lic_kd run directory (its best, else last, checkpoint); or, given `lmbda`, a
     sweep directory of finished runs, from which the one trained at that lambda is taken."""
@@ -72,8 +104,12 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
     class and its widths are inferred from the weights. Also returns what the checkpoint says of its run:
-    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}. `lmbda` picks a run from a sweep dir."""
+    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}. `lmbda` picks a run from a sweep dir;
+    `zoo:MODEL:QUALITY` names CompressAI zoo weights in the torch hub cache."""
+    if str(path).startswith("zoo:"):
+        path, architecture = zoo_file(str(path))
     path = resolve_checkpoint(path, lmbda)
+    check_zoo_hash(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a damaged file
@@ -91,8 +127,9 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     else:
         if architecture is None:
             raise CheckpointError(f"{path} is a plain state dict: name its model class (teacher.architecture)")
-        state = ckpt.get("state_dict", ckpt)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        from compressai.zoo.pretrained import load_pretrained  # renames the keys of older zoo files
+
+        state = load_pretrained({k.removeprefix("module."): v for k, v in ckpt.get("state_dict", ckpt).items()})
         try:
             net = get_class(architecture).from_state_dict(state)
         except Exception as err:

@@ -48,3 +48,28 @@ def test_capture_latents_records_synthesis_inputs():
     with torch.no_grad():
         assert torch.allclose(net.g_s(latents["y_hat"]), out["x_hat"])
     assert not net.g_s._forward_pre_hooks  # hooks removed afterwards
+
+
+def test_zoo_weights_load_offline_from_the_hub_cache_with_their_hash_checked(tmp_path, monkeypatch):
+    """CompressAI's own weights are not available here: a file of ours under a zoo-style name stands in,
+    named with its true hash; the real zoo name with other content must fail the hash check."""
+    import hashlib
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="bmshj2018-hyperprior-1-7eb97409.pth.tar is not in .*no download"):
+        load_net("zoo:bmshj2018-hyperprior:1")
+
+    torch.save(ScaleHyperprior(8, 16).state_dict(), cache / "bmshj2018-hyperprior-1-7eb97409.pth.tar")
+    with pytest.raises(CheckpointError, match="does not match the sha256 prefix 7eb97409"):
+        load_net("zoo:bmshj2018-hyperprior:1")
+
+    own = tmp_path / "own.pth.tar"
+    torch.save(ScaleHyperprior(8, 16).state_dict(), own)
+    named = tmp_path / f"bmshj2018-hyperprior-1-{hashlib.sha256(own.read_bytes()).hexdigest()[:8]}.pth.tar"
+    own.rename(named)
+    net, meta = load_net(named, ARCH)
+    assert (net.N, net.M) == (8, 16) and meta["role"] == "external"
+    with pytest.raises(CheckpointError, match="no nosuch"):
+        load_net("zoo:nosuch:1")
