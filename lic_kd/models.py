@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from compressai.models import CompressionModel
+from compressai.models import CompressionModel, ScaleHyperprior
 from hydra.utils import get_class, instantiate
 from torch import nn
 
@@ -41,9 +41,21 @@ def zoo_preset(model: str, quality: int, field: str) -> float | int | None:
     return {"N": widths[0], "M": widths[1] if len(widths) > 1 else None}[field]
 
 
+class ScaleHyperpriorHyperWidth(ScaleHyperprior):
+    """A scale hyperprior whose hyper-latent z has its own width `hyper_N`, so that a thin student's z can
+    match a wide teacher's for KD on z. The hyper layers are CompressAI's own, built at that width."""
+
+    def __init__(self, N: int, M: int, hyper_N: int | None = None, **kwargs: Any) -> None:
+        super().__init__(N, M, **kwargs)
+        self.hyper_N = int(hyper_N or N)
+        if self.hyper_N != self.N:
+            donor = ScaleHyperprior(self.hyper_N, M)
+            self.h_a, self.h_s, self.entropy_bottleneck = donor.h_a, donor.h_s, donor.entropy_bottleneck
+
+
 def build_net(net_cfg: dict[str, Any]) -> CompressionModel:
     """Instantiate a network from its `_target_` config after checking its widths."""
-    for key in ("N", "M"):
+    for key in ("N", "M", "hyper_N"):
         value = net_cfg.get(key)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"network width {key} must be a positive integer, got {value!r}")

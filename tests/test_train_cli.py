@@ -171,3 +171,13 @@ def test_report_lists_a_failed_run(tmp_path):
     assert len(missing) == 1 and missing["run_dir"][0].endswith("/1")
     assert "network width N must be a positive integer" in missing["reason"][0]
     assert "Runs without results" in (tmp_path / "rep" / "f" / "rd_table.md").read_text()
+
+
+def test_kd_on_z_with_a_thin_student_whose_hyper_latent_matches_the_teacher(teacher_sweep, tmp_path):
+    run = tmp_path / "run"
+    train("role=kd", f"teacher.checkpoint={teacher_sweep / '0'}", "model=bmshj2018-hyperprior-hyperwidth",
+          "student.N=4", "model.hyper_N=8", "loss.w_z=0.5", f"hydra.run.dir={run}")
+    r = results(run)
+    assert r["run"]["N"] == 4 and r["run"]["loss_weights"]["w_z"] == 0.5
+    assert r["run"]["architecture"] == "ScaleHyperpriorHyperWidth"
+    assert "val/kd_loss" in pd.read_csv(run / "csv" / "metrics.csv").columns
