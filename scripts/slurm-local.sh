@@ -71,10 +71,11 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/none
-# Fast turnaround for tests: a job past its limit is killed promptly, requeued jobs start again at once.
+# Fast turnaround for tests: a job past its limit is killed promptly; a requeued job (Slurm holds it 121 s)
+# starts as soon as it is eligible, not at the next 60-second scheduling pass.
 KillWait=5
 MinJobAge=30
-SchedulerParameters=bf_interval=5
+SchedulerParameters=bf_interval=5,sched_interval=5
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
