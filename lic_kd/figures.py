@@ -3,6 +3,7 @@ front), complexity and latency against width, and a visual comparison decoded fr
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ ROLE_STYLE = {
     "codec": {"cmap": "Greys", "marker": "x", "linestyle": "--"},
     "reference": {"cmap": "Greens", "marker": ".", "linestyle": ":"},
 }
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _styles(rd: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -53,9 +60,7 @@ def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
     axes[0].set_title("Rate-distortion: PSNR")
     axes[1].set_title("Rate-distortion: MS-SSIM")
     axes[1].legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) -> pd.DataFrame:
@@ -101,9 +106,7 @@ def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -129,9 +132,7 @@ def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -140,9 +141,13 @@ def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray,
     bitstream = run_dir / "bitstreams" / f"{Path(image).stem}.lkd"
     if not bitstream.is_file() or not Path(checkpoint).is_file():
         return None
+    try:
+        strings, shape, (h, w) = read_bitstream(bitstream)
+    except ValueError as err:  # e.g. written by an older lic_kd: leave this panel out, keep the report
+        warnings.warn(f"visual comparison skips {run_dir}: {err}")
+        return None
     net, _ = load_net(checkpoint)
     coder = prepare_for_coding(net)
-    strings, shape, (h, w) = read_bitstream(bitstream)
     with torch.inference_mode():
         x_hat = coder.decompress(strings, shape)["x_hat"][0, :, :h, :w].clamp(0, 1)
     return (x_hat.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), 8 * bitstream.stat().st_size / (h * w)
@@ -189,7 +194,5 @@ def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, ima
         ax.imshow(pixels[top : top + crop, left : left + crop], interpolation="nearest")
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"{image}: centre crop {crop}x{crop}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
