@@ -70,18 +70,19 @@ def test_a_failed_job_leaves_the_others_and_the_report_lists_it(tmp_path):
 
 def test_a_job_past_its_time_limit_is_requeued_and_resumes(tmp_path):
     """SLURM signals USR2 at most 45 s into a 1-minute job (its timer is coarse: often sooner), submitit
-    requeues it, and Slurm holds a requeued job about two minutes: 400 batches take two or three attempts."""
+    requeues it, and Slurm holds a requeued job about two minutes. An attempt trains at most ~35 s (~900 smoke
+    batches on one core), so 1200 batches need two or three attempts."""
     sweep = tmp_path / "sweep"
-    train("-m", *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "steps=400", "val_every=20",
+    train("-m", *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "steps=1200", "val_every=50",
           "student.N=8", f"hydra.sweep.dir={sweep}", timeout=1500)
     run = sweep / "0"
     r = json.loads((run / "results.json").read_text())
-    assert r["run"]["steps"] == 400
+    assert r["run"]["steps"] == 1200
     assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
     (job,) = job_ids(sweep)
     states = sacct(job.split("_")[0])["state"].tolist()
     assert states[-1] == "COMPLETED" and states.count("REQUEUED") >= 1
     # every attempt after the first resumed from last.ckpt, further along each time, instead of starting over
-    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 400", (run / "train.log").read_text())]
+    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 1200", (run / "train.log").read_text())]
     assert len(resumed_at) == states.count("REQUEUED")
     assert resumed_at[0] > 0 and resumed_at == sorted(resumed_at)
