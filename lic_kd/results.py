@@ -33,10 +33,6 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def count_parameters(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 def environment() -> dict[str, Any]:
     """What the numbers were measured with."""
     import compressai
@@ -73,11 +69,12 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
 def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
     from lic_kd.complexity import complexity
 
+    counts = complexity(net)
     return {
         "run": identity,
         "metrics": evaluation["metrics"],
-        "params": count_parameters(net),
-        "complexity": complexity(net),
+        "params": counts["params"],
+        "complexity": counts,
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
         **{k: evaluation.get(k) for k in ("latency", "energy", "memory")},

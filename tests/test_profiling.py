@@ -4,7 +4,7 @@ import torch
 from compressai.models import ScaleHyperprior
 
 from lic_kd.codec import prepare_for_coding
-from lic_kd.profiling import RAPL, EnergyMeter, peak_rss_during, profile_codec
+from lic_kd.profiling import EnergyMeter, peak_rss_during, profile_codec
 
 
 def test_profile_of_a_small_codec_on_cpu():
