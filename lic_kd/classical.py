@@ -17,7 +17,7 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from lic_kd import REPO_ROOT
-from lic_kd.codec import MS_SSIM_MIN_SIDE, dataset_means, psnr_8bit
+from lic_kd.codec import dataset_means, reconstruction_quality
 from lic_kd.data import check_images, list_images, load_rgb, to_tensor
 from lic_kd.results import RESULTS_FILE, environment, write_json_atomic
 
@@ -53,12 +53,8 @@ def code_with_pillow(path: Path, codec: str, quality: int, out_file: Path) -> di
     x, x_hat = to_tensor(img)[None], to_tensor(decoded)[None]
     row: dict[str, Any] = {
         "image": path.name, "height": h, "width": w, "bytes": len(data), "bpp": 8 * len(data) / (w * h),
-        "bpp_estimated": None, "psnr": psnr_8bit(x, x_hat), "ms_ssim": None, "encode_s": encode_s, "decode_s": decode_s,
+        "bpp_estimated": None, **reconstruction_quality(x, x_hat), "encode_s": encode_s, "decode_s": decode_s,
     }
-    if min(h, w) >= MS_SSIM_MIN_SIDE:
-        from pytorch_msssim import ms_ssim
-
-        row["ms_ssim"] = ms_ssim(x, x_hat, data_range=1.0).item()
     return row
 
 

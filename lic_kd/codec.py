@@ -1,5 +1,6 @@
 """Real entropy coding of images: pad, compress, write the bitstream file, read it back, decompress, crop,
-measure. bpp counts every byte of the file written, over the original (unpadded) pixels."""
+measure. bpp counts every byte of the file written, over the original (unpadded) pixels. Autoencoders
+without an entropy model have no bitstream: their 8-bit reconstructions are written and measured."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from compressai.models import CompressionModel
+from PIL import Image
 from pytorch_msssim import ms_ssim
+from torch import nn
 from tqdm import tqdm
 
 from lic_kd.data import load_rgb, to_tensor
-from lic_kd.profiling import profile_codec
+from lic_kd.profiling import profile_autoencoder, profile_codec
 
 PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
 MAGIC = b"LKD2"
@@ -112,19 +115,19 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
     sync()
     decode_s = time.perf_counter() - start
 
-    x_hat = (x_hat * 255).round() / 255  # metrics on the 8-bit image a decoder would save
-    row: dict[str, Any] = {
-        "image": path.name,
-        "height": h,
-        "width": w,
-        "bytes": n_bytes,
-        "bpp": 8 * n_bytes / num_pixels,
-        "bpp_estimated": bpp_estimated,
-        "psnr": psnr_8bit(x, x_hat),
-        "ms_ssim": None,
-        "encode_s": encode_s,
-        "decode_s": decode_s,
-    }
+    return {"image": path.name, "height": h, "width": w, "bytes": n_bytes, "bpp": 8 * n_bytes / num_pixels,
+            "bpp_estimated": bpp_estimated, **reconstruction_quality(x, to_8bit(x_hat)), "encode_s": encode_s, "decode_s": decode_s}
+
+
+def to_8bit(x_hat: torch.Tensor) -> torch.Tensor:
+    """The 8-bit image a decoder would save, back in [0, 1]: metrics are measured on it."""
+    return (x_hat.clamp(0, 1) * 255).round() / 255
+
+
+def reconstruction_quality(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, Any]:
+    """PSNR and MS-SSIM of a reconstruction, each with the reason when it cannot be measured."""
+    h, w = x.shape[-2:]
+    row: dict[str, Any] = {"psnr": psnr_8bit(x, x_hat), "ms_ssim": None}
     if row["psnr"] is None:
         row["psnr_missing"] = "identical reconstruction (PSNR is infinite)"
     if min(h, w) >= MS_SSIM_MIN_SIDE:
@@ -134,6 +137,27 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
     return row
 
 
+@torch.inference_mode()
+def reconstruct_image(net: nn.Module, path: Path, out_png: Path, device: torch.device) -> dict[str, Any]:
+    """Run an autoencoder without an entropy model on one image (g_a timed as the encoder, g_s as the
+    decoder), save the 8-bit reconstruction as PNG and measure it. There is no rate."""
+    x = to_tensor(load_rgb(path))[None].to(device)
+    h, w = x.shape[-2:]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    y = net.g_a(pad(x))
+    sync()
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    x_hat = to_8bit(net.g_s(y)[..., :h, :w])
+    sync()
+    decode_s = time.perf_counter() - start
+    pixels = (x_hat[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+    Image.fromarray(pixels).save(out_png)
+    return {"image": path.name, "height": h, "width": w, **reconstruction_quality(x, x_hat), "encode_s": encode_s, "decode_s": decode_s}
+
+
 METRICS = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s")
 
 
@@ -141,24 +165,37 @@ def dataset_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """Mean of the per-image values, as CompressAI reports a dataset; images missing a metric are skipped."""
     means: dict[str, float | None] = {}
     for key in METRICS:
+        if not any(key in r for r in rows):  # e.g. no rate for an autoencoder: no such column at all
+            continue
         values = [r[key] for r in rows if r.get(key) is not None]
         means[key] = sum(values) / len(values) if values else None
     means["n_images"] = len(rows)
     return means
 
 
-def evaluate_net(net: CompressionModel, images: Sequence[Path], bitstream_dir: Path, device: str = "auto") -> dict[str, Any]:
-    """Code every image; returns {"metrics": dataset means, "images": per-image rows, "device", and the
-    latency, energy and memory profile measured on the first 768x512 image (else the first image)}."""
+def summary(metrics: dict[str, Any]) -> str:
+    """One log line of dataset means."""
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    rate = f"bpp {fmt(metrics.get('bpp'), '.4f')} (estimated {fmt(metrics.get('bpp_estimated'), '.4f')}), " if metrics.get("bpp") is not None else "no rate (autoencoder), "
+    return rate + f"PSNR {fmt(metrics.get('psnr'), '.2f')} dB, MS-SSIM {fmt(metrics.get('ms_ssim'), '.4f')}"
+
+
+def evaluate_net(net: nn.Module, images: Sequence[Path], run_dir: Path, device: str = "auto") -> dict[str, Any]:
+    """Code every image (bitstreams in run_dir/bitstreams; an autoencoder's reconstructions in
+    run_dir/reconstructions); returns {"metrics": dataset means, "images": per-image rows, "device", and
+    the latency, energy and memory profile measured on the first 768x512 image (else the first image)}."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    coder = prepare_for_coding(net).to(dev)
-    bitstream_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(net, CompressionModel):
+        coder, out_dir, suffix, run_one, profiler = prepare_for_coding(net).to(dev), run_dir / "bitstreams", ".lkd", code_image, profile_codec
+    else:
+        coder, out_dir, suffix, run_one, profiler = net.eval().to(dev), run_dir / "reconstructions", ".png", reconstruct_image, profile_autoencoder
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = [
-        code_image(coder, path, bitstream_dir / f"{path.stem}.lkd", dev)
-        for path in tqdm(images, desc="coding", unit="img", dynamic_ncols=True)
+        run_one(coder, path, out_dir / f"{path.stem}{suffix}", dev)
+        for path in tqdm(images, desc="coding" if suffix == ".lkd" else "reconstructing", unit="img", dynamic_ncols=True)
     ]
     sizes = [(r["width"], r["height"]) for r in rows]
     probe = images[sizes.index((768, 512))] if (768, 512) in sizes else images[0]
-    profile = profile_codec(coder, pad(to_tensor(load_rgb(probe))[None].to(dev)), dev)
+    profile = profiler(coder, pad(to_tensor(load_rgb(probe))[None].to(dev)), dev)
     profile["latency"]["image"] = probe.name
     return {"metrics": dataset_means(rows), "images": rows, "device": str(dev), **profile}

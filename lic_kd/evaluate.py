@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
-from lic_kd.codec import evaluate_net
+from lic_kd.codec import evaluate_net, summary
 from lic_kd.data import check_images, list_images
 from lic_kd.models import load_net
 from lic_kd.results import RESULTS_FILE, build_results, run_identity, write_json_atomic
@@ -26,11 +26,10 @@ def main(cfg: DictConfig) -> None:
     images = list_images(cfg.images, cfg.limit)
     check_images(images)  # a corrupt file fails here, by name, before any coding
     run_dir = Path(cfg.paths.output_dir)
-    evaluation = evaluate_net(net, images, run_dir / "bitstreams", cfg.device)
+    evaluation = evaluate_net(net, images, run_dir, cfg.device)
     identity = run_identity(meta) | {"run_dir": str(run_dir.resolve()), "images_dir": str(Path(cfg.images).resolve())}
     write_json_atomic(run_dir / RESULTS_FILE, build_results(identity, net, evaluation, time.perf_counter() - start))
-    m = evaluation["metrics"]
-    log.info("%d images: bpp %.4f (estimated %.4f), PSNR %s dB -> %s", m["n_images"], m["bpp"], m["bpp_estimated"], m["psnr"], run_dir / RESULTS_FILE)
+    log.info("%d images: %s -> %s", evaluation["metrics"]["n_images"], summary(evaluation["metrics"]), run_dir / RESULTS_FILE)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,31 @@ def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def quality_vs_complexity(runs: pd.DataFrame, path: Path) -> bool:
+    """PSNR and MS-SSIM of runs without a rate (autoencoders) against decoder kMAC/px: what each width costs
+    and what distillation buys at that cost."""
+    runs = runs.dropna(subset=["kmac_decoder", "psnr"])
+    if runs.empty:
+        return False
+    styles = _styles(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
+        for role, group in runs.dropna(subset=[metric]).groupby("role", sort=False):
+            group = group.sort_values("kmac_decoder")
+            style = styles[group["curve"].iloc[-1]]
+            ax.plot(group["kmac_decoder"], group[metric], label=role, color=style["color"], marker=style["marker"])
+            for _, row in group.iterrows():
+                ax.annotate(f"N{row['N']:g}", (row["kmac_decoder"], row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("decoder complexity (kMAC / pixel, log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Autoencoders without entropy model: quality vs decoder complexity")
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
     learned = rd[rd["role"].isin(["teacher", "student", "kd"])].dropna(subset=["N"])
     if learned.empty:
@@ -136,8 +161,13 @@ def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray, float] | None:
-    """Decode one image of a learned run from the bitstream file it wrote."""
+def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray, float | None] | None:
+    """One image of a learned run: decoded from the bitstream file it wrote, or, for an autoencoder, the
+    reconstruction it saved. Also the bpp of that file (None without an entropy model)."""
+    reconstruction = run_dir / "reconstructions" / f"{Path(image).stem}.png"
+    if reconstruction.is_file():
+        with Image.open(reconstruction) as img:
+            return np.asarray(img.convert("RGB")), None
     bitstream = run_dir / "bitstreams" / f"{Path(image).stem}.lkd"
     if not bitstream.is_file() or not Path(checkpoint).is_file():
         return None
@@ -153,13 +183,22 @@ def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray,
     return (x_hat.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), 8 * bitstream.stat().st_size / (h * w)
 
 
+def _closest(group: pd.DataFrame, bpp: float) -> pd.Series:
+    """The row of a curve nearest in rate to `bpp` (the first row of a curve without rates)."""
+    if pd.isna(bpp) or group["bpp"].isna().all():
+        return group.iloc[0]
+    return group.iloc[(group["bpp"] - bpp).abs().argmin()]
+
+
 def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, image: str = "kodim23.png", crop: int = 192) -> bool:
     """The same crop of one image: the original, the teacher, each student (at the rate closest to the
-    teacher's median-lambda run), and the codec rows (e.g. JPEG) at the rate closest to it."""
+    teacher's median-lambda run), and the codec rows (e.g. JPEG) at the rate closest to it. Autoencoders
+    show the reconstructions they saved."""
     learned = rd[rd["role"].isin(["teacher", "student", "kd"])]
     if learned.empty:
         return False
-    coded = sorted(p.stem for p in (Path(learned.iloc[0]["run_dir"]) / "bitstreams").glob("*.lkd"))
+    first = Path(learned.iloc[0]["run_dir"])
+    coded = sorted(p.stem for p in [*(first / "bitstreams").glob("*.lkd"), *(first / "reconstructions").glob("*.png")])
     if Path(image).stem not in coded:  # runs that coded a subset: take the first image they all have
         image = next((name for name in images if Path(name).stem in coded[:1]), image)
     if image not in images:
@@ -171,12 +210,13 @@ def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, ima
     original = np.asarray(load_rgb(images[image]))
     panels.append(("original", original))
     for curve, group in learned.groupby("curve", sort=False):
-        row = group.iloc[(group["bpp"] - target_bpp).abs().argmin()]
+        row = _closest(group, target_bpp)
         decoded = _decode_run(Path(row["run_dir"]), row["checkpoint"], image)
         if decoded is not None:
-            panels.append((f"{curve}\nlmbda={row['lmbda']:g}, {decoded[1]:.3f} bpp", decoded[0]))
-    for codec, group in rd[rd["role"] == "codec"].groupby("curve"):
-        row = group.iloc[(group["bpp"] - target_bpp).abs().argmin()]
+            rate = "no entropy model" if decoded[1] is None else f"lmbda={row['lmbda']:g}, {decoded[1]:.3f} bpp"
+            panels.append((f"{curve}\n{rate}", decoded[0]))
+    for codec, group in rd[rd["role"] == "codec"].groupby("curve") if not pd.isna(target_bpp) else ():
+        row = _closest(group, target_bpp)
         files = list((Path(row["run_dir"]) / "bitstreams").glob(f"{Path(image).stem}.*"))
         if files:
             h, w = original.shape[:2]

@@ -1,20 +1,50 @@
-"""Training objectives: CompressAI's rate-distortion loss, and knowledge distillation on top of it."""
+"""Training objectives: CompressAI's rate-distortion loss, a reconstruction loss for autoencoders without
+an entropy model, and knowledge distillation on top of either."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
+from pytorch_msssim import ms_ssim
 from torch import nn
 
-__all__ = ["RateDistortionLoss", "DistillationLoss", "latent_kl", "make_rd_loss"]
+__all__ = ["RateDistortionLoss", "ReconstructionLoss", "DistillationLoss", "latent_kl", "make_rd_loss"]
+
+METRICS = ("mse", "ms-ssim")
 
 
-def make_rd_loss(lmbda: float) -> RateDistortionLoss:
-    """`lmbda * 255^2 * MSE + bpp`, CompressAI's own loss (returns a dict with loss, bpp_loss, mse_loss)."""
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def make_rd_loss(lmbda: float, metric: str = "mse") -> RateDistortionLoss:
+    """`lmbda * D + bpp` with D = 255^2 * MSE or 1 - MS-SSIM: CompressAI's own loss (returns a dict with
+    loss, bpp_loss and mse_loss or ms_ssim_loss)."""
     if not lmbda > 0:
         raise ValueError(f"lmbda must be > 0, got {lmbda}")
-    return RateDistortionLoss(lmbda=lmbda, metric="mse", return_type="all")
+    _check_metric(metric)
+    return RateDistortionLoss(lmbda=lmbda, metric=metric, return_type="all")
+
+
+class ReconstructionLoss(nn.Module):
+    """The objective of an autoencoder without an entropy model: MSE of [0, 1] images, or 1 - MS-SSIM.
+    No rate term, so no lambda."""
+
+    def __init__(self, metric: str = "mse") -> None:
+        super().__init__()
+        _check_metric(metric)
+        self.metric = metric
+
+    def forward(self, output: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"mse_loss": F.mse_loss(output["x_hat"], target)}
+        if self.metric == "ms-ssim":
+            out["ms_ssim_loss"] = ms_ssim(output["x_hat"], target, data_range=1.0)
+            out["loss"] = 1 - out["ms_ssim_loss"]
+        else:
+            out["loss"] = out["mse_loss"]
+        return out
 
 
 def latent_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -26,15 +56,16 @@ def latent_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float =
 
 
 class DistillationLoss(nn.Module):
-    """`w_rd * RD(student) + w_y * D(y_hat_s, y_hat_t) + w_z * D(z_hat_s, z_hat_t) + w_x * MSE(x_hat_s, x_hat_t)`.
+    """`w_task * task(student) + w_y * D(y_hat_s, y_hat_t) + w_z * D(z_hat_s, z_hat_t) + w_x * MSE(x_hat_s, x_hat_t)`.
 
-    D is MSE or KL on the latents; the recipe of Allemand et al. (2025) uses MSE with w_y = w_x = 0.3,
-    w_rd = 0.4. Targets come from a frozen teacher in eval mode (rounded latents)."""
+    `task` is the student's own objective: the RD loss of a codec, or the reconstruction loss of an
+    autoencoder. D is MSE or KL on the latents; the recipe of Allemand et al. (2025) uses MSE with
+    w_y = w_x = 0.3, w_task = 0.4. Targets come from frozen teachers in eval mode (rounded latents)."""
 
     def __init__(
         self,
-        lmbda: float,
-        w_rd: float = 0.4,
+        task: nn.Module,
+        w_task: float = 0.4,
         w_y: float = 0.3,
         w_z: float = 0.0,
         w_x: float = 0.3,
@@ -42,14 +73,14 @@ class DistillationLoss(nn.Module):
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        for name, weight in {"w_rd": w_rd, "w_y": w_y, "w_z": w_z, "w_x": w_x}.items():
+        for name, weight in {"w_task": w_task, "w_y": w_y, "w_z": w_z, "w_x": w_x}.items():
             if weight < 0:
                 raise ValueError(f"KD weight {name} must be >= 0, got {weight}")
         if latent_criterion not in ("mse", "kl"):
             raise ValueError(f"latent_criterion must be 'mse' or 'kl', got {latent_criterion!r}")
-        self.rd = make_rd_loss(lmbda)
+        self.task = task
         self.weights = {"y": w_y, "z": w_z, "x": w_x}
-        self.w_rd = w_rd
+        self.w_task = w_task
         self.latent_criterion = latent_criterion
         self.temperature = temperature
 
@@ -66,9 +97,9 @@ class DistillationLoss(nn.Module):
         teacher_latents: dict[str, torch.Tensor],
         target: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        out = self.rd(student_out, target)
-        out["rd_loss"] = out["loss"]
-        loss = self.w_rd * out["rd_loss"]
+        out = self.task(student_out, target)
+        out["task_loss"] = out["loss"]
+        loss = self.w_task * out["task_loss"]
         if self.weights["y"]:
             out["kd_y"] = self._latent_distance(student_latents["y_hat"], teacher_latents["y_hat"])
             loss = loss + self.weights["y"] * out["kd_y"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from compressai.models import CompressionModel, ScaleHyperprior
+from compressai.models import CompressionModel, FactorizedPrior, ScaleHyperprior
 from hydra.utils import get_class, instantiate
 from torch import nn
 
@@ -53,7 +53,28 @@ class ScaleHyperpriorHyperWidth(ScaleHyperprior):
             self.h_a, self.h_s, self.entropy_bottleneck = donor.h_a, donor.h_s, donor.entropy_bottleneck
 
 
-def build_net(net_cfg: dict[str, Any]) -> CompressionModel:
+class Autoencoder(nn.Module):
+    """Balle et al.'s analysis and synthesis transforms (CompressAI's own, taken from its factorized-prior
+    model) with no quantization and no entropy model: the network of autoencoder KD, trained for
+    reconstruction alone. Its latent y is what g_s receives, so KD on y hooks it like a codec's y_hat."""
+
+    def __init__(self, N: int, M: int) -> None:
+        super().__init__()
+        donor = FactorizedPrior(N, M)
+        self.N, self.M = N, M
+        self.g_a, self.g_s = donor.g_a, donor.g_s
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x_hat": self.g_s(self.g_a(x))}
+
+
+def optimizer_steps_per_batch(net: nn.Module) -> int:
+    """Lightning counts every optimizer step: a codec steps its main and its auxiliary (entropy bottleneck
+    quantiles) optimizer per batch, an autoencoder only its main one."""
+    return 2 if isinstance(net, CompressionModel) else 1
+
+
+def build_net(net_cfg: dict[str, Any]) -> nn.Module:
     """Instantiate a network from its `_target_` config after checking its widths."""
     for key in ("N", "M", "hyper_N"):
         value = net_cfg.get(key)
@@ -93,14 +114,15 @@ def check_zoo_hash(path: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
-    """A checkpoint file; a lic_kd run directory (its best, else last, checkpoint); or, given `lmbda`, a
-    sweep directory of finished runs, from which the one trained at that lambda is taken."""
+    """A checkpoint file; a lic_kd run directory (its best, else last, checkpoint); or a sweep directory of
+    finished runs, from which the one trained at `lmbda` (or its only run, without `lmbda`) is taken."""
     path = Path(path)
-    if path.is_dir() and not (path / "checkpoints").is_dir() and lmbda is not None:
+    if path.is_dir() and not (path / "checkpoints").is_dir() and any(path.glob("*/results.json")):
         runs = [p.parent for p in sorted(path.glob("*/results.json"))
-                if math.isclose(json.loads(p.read_text())["run"]["lmbda"] or -1, lmbda, rel_tol=1e-9)]
+                if lmbda is None or math.isclose(json.loads(p.read_text())["run"]["lmbda"] or -1, lmbda, rel_tol=1e-9)]
         if len(runs) != 1:
-            raise CheckpointError(f"sweep directory {path} has {len(runs)} finished runs at lmbda={lmbda}, expected one")
+            at = "" if lmbda is None else f" at lmbda={lmbda}"
+            raise CheckpointError(f"sweep directory {path} has {len(runs)} finished runs{at}, expected one: name the run directory")
         path = runs[0]
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
@@ -112,7 +134,7 @@ def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
     return path
 
 
-def load_net(path: str | Path, architecture: str | None = None, lmbda: float | None = None) -> tuple[CompressionModel, dict[str, Any]]:
+def load_net(path: str | Path, architecture: str | None = None, lmbda: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
     class and its widths are inferred from the weights. Also returns what the checkpoint says of its run:
@@ -135,7 +157,7 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
         meta = {k: hparams.get(k) for k in ("role", "loss", "teacher")}
-        meta["steps"] = ckpt.get("global_step", 0) // 2  # two optimizer steps per training batch
+        meta["steps"] = ckpt.get("global_step", 0) // optimizer_steps_per_batch(net)
     else:
         if architecture is None:
             raise CheckpointError(f"{path} is a plain state dict: name its model class (teacher.architecture)")

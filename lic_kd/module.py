@@ -1,4 +1,5 @@
-"""One LightningModule for every role: a teacher or plain student (RD loss), or a KD student (frozen teacher)."""
+"""One LightningModule for every role: a teacher or plain student (its own objective), or a KD student
+(frozen teachers), for codecs (rate-distortion) and for autoencoders without an entropy model (reconstruction)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,24 @@ from typing import Any
 
 import lightning as L
 import torch
+from compressai.models import CompressionModel
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lic_kd.losses import DistillationLoss
-from lic_kd.models import build_net, capture_latents, load_net
+from lic_kd.losses import DistillationLoss, RateDistortionLoss
+from lic_kd.models import build_net, capture_latents, load_net, optimizer_steps_per_batch
 
 ROLES = ("teacher", "student", "kd")
 
 
 def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
 
 
 class CodecModule(L.LightningModule):
     """Trains a CompressAI model with CompressAI's recipe: a main optimizer on the network and an auxiliary
-    one on the entropy bottleneck quantiles (hence manual optimization), with gradient clipping."""
+    one on the entropy bottleneck quantiles (hence manual optimization), with gradient clipping. An
+    autoencoder without an entropy model has the main optimizer only."""
 
     def __init__(
         self,
@@ -47,17 +50,40 @@ class CodecModule(L.LightningModule):
         self.is_kd = isinstance(self.loss, DistillationLoss)
         if self.is_kd != (role == "kd"):
             raise ValueError(f"role={role} needs loss={'kd' if role == 'kd' else 'rd'}, got {type(self.loss).__name__}")
-        self.teacher = None
+        task = self.loss.task if self.is_kd else self.loss
+        self.has_entropy_model = isinstance(self.net, CompressionModel)
+        if self.has_entropy_model != isinstance(task, RateDistortionLoss):
+            need = "objective=rd (rate-distortion)" if self.has_entropy_model else "objective=reconstruction (it has no rate)"
+            raise ValueError(f"{type(self.net).__name__} {'has an' if self.has_entropy_model else 'has no'} entropy model: "
+                             f"train it with {need}, got {type(task).__name__}")
+        self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
+        self.teacher = self.z_teacher = None
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
                 raise ValueError("role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a CompressAI file)")
-            self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"), lmbda=self.hparams.loss["lmbda"])
+            self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"), lmbda=getattr(task, "lmbda", None))
+            if teacher.get("z_checkpoint"):  # hybrid KD: z from a low-rate teacher, y and x_hat from the main one
+                if not self.loss.weights["z"]:
+                    raise ValueError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
+                self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
 
     def train(self, mode: bool = True) -> "CodecModule":
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # the teacher always quantizes by rounding, as at inference
+        for teacher in (self.teacher, self.z_teacher):
+            if teacher is not None:
+                teacher.eval()  # a teacher always quantizes by rounding, as at inference
         return self
+
+    @torch.no_grad()
+    def teacher_targets(self, x: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The teacher's output and latents; in hybrid KD, z_hat comes from the low-rate teacher."""
+        with capture_latents(self.teacher) as latents:
+            out = self.teacher(x)
+        if self.z_teacher is not None:
+            with capture_latents(self.z_teacher) as z_latents:
+                self.z_teacher(x)
+            latents["z_hat"] = z_latents.get("z_hat")
+        return out, latents
 
     def check_kd_shapes(self, size: int = 64) -> None:
         """Run student and teacher once on a dummy image: a KD term whose latents differ in shape is a
@@ -65,15 +91,15 @@ class CodecModule(L.LightningModule):
         if not self.is_kd:
             return
         x = torch.zeros(1, 3, size, size)
-        shapes = {}
         with torch.no_grad():
-            for name, net in (("student", self.net), ("teacher", self.teacher)):
-                was_training = net.training
-                net.eval()
-                with capture_latents(net) as latents:
-                    net(x)
-                net.train(was_training)
-                shapes[name] = {k: tuple(v.shape) for k, v in latents.items()}
+            was_training = self.net.training
+            self.net.eval()
+            with capture_latents(self.net) as student_latents:
+                self.net(x)
+            self.net.train(was_training)
+            _, teacher_latents = self.teacher_targets(x)
+        shapes = {name: {k: tuple(v.shape) for k, v in latents.items() if v is not None}
+                  for name, latents in (("student", student_latents), ("teacher", teacher_latents))}
         for key in self.loss.required_latents():
             s, t = shapes["student"].get(key), shapes["teacher"].get(key)
             if s is None or t is None or s != t:
@@ -86,34 +112,37 @@ class CodecModule(L.LightningModule):
             return self.loss(self.net(batch), batch)
         with capture_latents(self.net) as student_latents:
             student_out = self.net(batch)
-        with torch.no_grad(), capture_latents(self.teacher) as teacher_latents:
-            teacher_out = self.teacher(batch)
+        teacher_out, teacher_latents = self.teacher_targets(batch)
         return self.loss(student_out, student_latents, teacher_out, teacher_latents, batch)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        optimizer, aux_optimizer = self.optimizers()
+        optimizers = self.optimizers()
+        optimizer, aux_optimizer = optimizers if isinstance(optimizers, list) else (optimizers, None)
         out = self._step(batch)
         optimizer.zero_grad()
         self.manual_backward(out["loss"])
         if self.hparams.optimizer.get("clip_max_norm"):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
         optimizer.step()
+        logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items() if torch.is_tensor(v)}
 
-        aux_loss = self.net.aux_loss()
-        aux_optimizer.zero_grad()
-        self.manual_backward(aux_loss)
-        aux_optimizer.step()
+        if aux_optimizer is not None:
+            aux_loss = self.net.aux_loss()
+            aux_optimizer.zero_grad()
+            self.manual_backward(aux_loss)
+            aux_optimizer.step()
+            logs["train/aux"] = aux_loss.detach()
 
-        logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items()}
-        logs["train/aux"] = aux_loss.detach()
         self.log_dict(logs, prog_bar=False, batch_size=batch.shape[0])
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         out = self._step(batch)
-        # val/loss is the student's own rate-distortion loss in every role, so best checkpoints and the
-        # plateau schedule follow the quantity that is evaluated; the KD objective is logged beside it.
-        logs = {"val/loss": out.get("rd_loss", out["loss"]), "val/bpp": out["bpp_loss"], "val/mse": out["mse_loss"]}
+        # val/loss is the student's own objective in every role (RD loss, or reconstruction loss), so best
+        # checkpoints and the plateau schedule follow the quantity that is evaluated; the KD objective is
+        # logged beside it.
+        logs = {"val/loss": out.get("task_loss", out["loss"]), "val/mse": out["mse_loss"]}
+        logs |= {f"val/{k.removesuffix('_loss')}": out[k] for k in ("bpp_loss", "ms_ssim_loss") if k in out}
         if self.is_kd:
             logs["val/kd_loss"] = out["loss"]
         self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])
@@ -129,10 +158,11 @@ class CodecModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]
-        aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
-        optimizer = instantiate(self.hparams.optimizer["main"], params=main)
-        aux_optimizer = instantiate(self.hparams.optimizer["aux"], params=aux)
+        optimizers = [instantiate(self.hparams.optimizer["main"], params=main)]
+        if self.has_entropy_model:
+            aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
+            optimizers.append(instantiate(self.hparams.optimizer["aux"], params=aux))
         if not self.hparams.scheduler:
-            return [optimizer, aux_optimizer]
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
-        return [optimizer, aux_optimizer], [{"scheduler": scheduler, "interval": "epoch"}]
+            return optimizers
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizers[0])
+        return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 from compressai.models import CompressionModel
+from torch import nn
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0")  # CPU package domain
 
@@ -99,19 +100,15 @@ def _status_kib(key: str) -> int:
 
 
 @torch.inference_mode()
-def profile_codec(coder: CompressionModel, x_padded: torch.Tensor, device: torch.device, repeats: int = 3) -> dict[str, Any]:
-    """Latency after a warm-up, decoder throughput, energy and peak decode memory on one padded image.
-    `coder` comes from prepare_for_coding."""
-    h, w = x_padded.shape[-2:]
-    encoded = coder.compress(x_padded)  # warm-up, and the strings to decode
-    coder.decompress(encoded["strings"], encoded["shape"])
-    encode = lambda: coder.compress(x_padded)  # noqa: E731
-    decode = lambda: coder.decompress(encoded["strings"], encoded["shape"])  # noqa: E731
+def profile(encode: Callable[[], Any], decode: Callable[..., Any], decode_args: tuple, device: torch.device,
+            repeats: int = 3) -> dict[str, Any]:
+    """Latency after a warm-up, decoder throughput, energy and peak decode memory of one image's
+    `encode()` and `decode(*decode_args)`."""
+    encode(), decode(*decode_args)  # warm-up
+    decode_once = lambda: decode(*decode_args)  # noqa: E731
     latency = {
         "encode_s": _median_seconds(encode, device, repeats),
-        "decode_s": _median_seconds(decode, device, repeats),
-        "height": h,
-        "width": w,
+        "decode_s": _median_seconds(decode_once, device, repeats),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -121,37 +118,56 @@ def profile_codec(coder: CompressionModel, x_padded: torch.Tensor, device: torch
 
     meter = EnergyMeter(device)
     if meter.available:
-        decode_j = meter.joules_per_call(decode, device)
+        decode_j = meter.joules_per_call(decode_once, device)
         energy = {"available": True, "source": meter.source, "decode_j": decode_j,
-                  "encode_decode_j": meter.joules_per_call(lambda: (encode(), decode()), device)}
+                  "encode_decode_j": meter.joules_per_call(lambda: (encode(), decode_once()), device)}
     else:
         energy = {"available": False, "reason": meter.reason, "decode_j": None, "encode_decode_j": None}
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        decode()
+        decode_once()
         memory = {"decode_peak_bytes": torch.cuda.max_memory_allocated(device) - base, "source": "torch.cuda"}
     else:
-        memory = decode_peak_in_fresh_process(coder, encoded)
+        memory = decode_peak_in_fresh_process(decode, decode_args)
     return {"latency": latency, "energy": energy, "memory": memory}
+
+
+@torch.inference_mode()
+def profile_codec(coder: CompressionModel, x_padded: torch.Tensor, device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """profile() of real entropy coding: compress, and decompress from the strings. `coder` comes from
+    prepare_for_coding."""
+    encoded = coder.compress(x_padded)
+    result = profile(lambda: coder.compress(x_padded), coder.decompress, (encoded["strings"], encoded["shape"]), device, repeats)
+    result["latency"] |= {"height": x_padded.shape[-2], "width": x_padded.shape[-1]}
+    return result
+
+
+@torch.inference_mode()
+def profile_autoencoder(net: nn.Module, x_padded: torch.Tensor, device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """profile() of an autoencoder without an entropy model: g_a, and g_s from the float latent."""
+    result = profile(lambda: net.g_a(x_padded), net.g_s, (net.g_a(x_padded),), device, repeats)
+    result["latency"] |= {"height": x_padded.shape[-2], "width": x_padded.shape[-1]}
+    return result
 
 
 _DECODE_ONCE = """
 import sys, torch
 from lic_kd.profiling import peak_rss_during
-coder, encoded = torch.load(sys.argv[1], weights_only=False)
+decode, args = torch.load(sys.argv[1], weights_only=False)
 with torch.inference_mode():
-    print(peak_rss_during(lambda: coder.decompress(encoded["strings"], encoded["shape"])))
+    print(peak_rss_during(lambda: decode(*args)))
 """
 
 
-def decode_peak_in_fresh_process(coder: CompressionModel, encoded: dict[str, Any]) -> dict[str, Any]:
-    """Peak extra resident memory of one CPU decode, in a new process: in this one the allocator already
-    holds memory from earlier work, which would hide the decoder's own needs."""
+def decode_peak_in_fresh_process(decode: Callable[..., Any], decode_args: tuple) -> dict[str, Any]:
+    """Peak extra resident memory of one CPU `decode(*decode_args)` (a bound method or module, pickled with
+    its network), in a new process: in this one the allocator already holds memory from earlier work,
+    which would hide the decoder's own needs."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "coder.pt"
-        torch.save((coder, encoded), path)
+        path = Path(tmp) / "decoder.pt"
+        torch.save((decode, decode_args), path)
         proc = subprocess.run([sys.executable, "-c", _DECODE_ONCE, str(path)], capture_output=True, text=True, timeout=900)
     value = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else "None"
     if value == "None":

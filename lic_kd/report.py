@@ -22,6 +22,7 @@ from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
 # underdetermined; pchip and akima are piecewise and degrade to a line through 2.
 MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
 
+RATE_COLUMNS = ["lmbda", "bpp", "bpp_estimated"]  # left out of a report whose runs have no rate (autoencoders)
 RD_COLUMNS = [
     "curve", "role", "architecture", "N", "M", "lmbda", "quality", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
     "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
@@ -78,7 +79,8 @@ def curve_label(run: dict[str, Any]) -> str:
     if run["role"] == "reference":  # published: kept apart from our own run of the same codec
         return f"{run['architecture']} [ref]"
     arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
-    return f"{run['role']}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
+    role = "kd-hybrid" if run.get("kd_variant") == "hybrid" else run["role"]
+    return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
 
 
 def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -106,6 +108,11 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
         if group["weights"].nunique() > 1:
             df.loc[group.index, "curve"] = label + " " + group["weights"]
     return df.drop(columns="weights").sort_values(["curve", "lmbda", "quality", "bpp"], ignore_index=True)
+
+
+def table_columns(rd: pd.DataFrame) -> list[str]:
+    """The RD table's columns, less the rate columns when no run has a rate (an autoencoder report)."""
+    return [c for c in RD_COLUMNS if not (c in RATE_COLUMNS and rd[c].isna().all())]
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,7 +170,7 @@ def default_anchor(df: pd.DataFrame) -> str | None:
 
 def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: str = "bpp", metric: str = "psnr") -> pd.DataFrame:
     columns = ["curve", "anchor", "method", "rate", "metric", "points", "anchor_points", "bd_rate_pct", "bd_psnr_db",
-               "overlap_dist", "overlap_rate", "reason"]
+               "overlap_dist", "overlap_rate", "delta_quality", "reason"]
     if method not in MIN_POINTS:
         raise ValueError(f"method must be one of {sorted(MIN_POINTS)}, got {method!r}")
     curves = list(dict.fromkeys(df["curve"]))
@@ -172,11 +179,18 @@ def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: 
     if anchor not in curves:
         raise ValueError(f"anchor {anchor!r} is not a curve of this report; curves: {', '.join(curves)}")
     anchor_pts = curve_points(df[df["curve"] == anchor], rate, metric)
-    rows = [
-        {"curve": c, "anchor": anchor, "method": method, "rate": rate, "metric": metric,
-         **bd_row(anchor_pts, curve_points(df[df["curve"] == c], rate, metric), method)}
-        for c in curves if c != anchor
-    ]
+    rows = []
+    for c in curves:
+        if c == anchor:
+            continue
+        row = {"curve": c, "anchor": anchor, "method": method, "rate": rate, "metric": metric}
+        unrated = [name for name in (anchor, c) if df.loc[df["curve"] == name, rate].isna().all()]
+        if unrated:  # an autoencoder has no bitstream: the plain difference in quality is what there is
+            row["delta_quality"] = df.loc[df["curve"] == c, metric].mean() - df.loc[df["curve"] == anchor, metric].mean()
+            row["reason"] = f"no rate for {' and '.join(unrated)} (no entropy model): delta_quality is the difference of mean {metric}"
+        else:
+            row |= bd_row(anchor_pts, curve_points(df[df["curve"] == c], rate, metric), method)
+        rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -199,14 +213,15 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     out.mkdir(parents=True, exist_ok=True)
     rd = rd_table(results)
     bd = bd_table(rd, anchor or default_anchor(rd), method, rate, metric)
-    rd[RD_COLUMNS].to_csv(out / "rd_table.csv", index=False)
+    columns = table_columns(rd)
+    rd[columns].to_csv(out / "rd_table.csv", index=False)
     bd.to_csv(out / "bd_rate.csv", index=False)
     pd.DataFrame(missing, columns=["run_dir", "reason"]).to_csv(out / "missing_runs.csv", index=False)
-    (out / "rd_table.md").write_text(to_markdown(rd[RD_COLUMNS].drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
+    (out / "rd_table.md").write_text(to_markdown(rd[columns].drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
     complexity = complexity_table(rd)
     complexity.to_csv(out / "complexity.csv", index=False)
     (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
-    for curve, points in rd[rd["role"] != "reference"].groupby("curve"):
+    for curve, points in rd[(rd["role"] != "reference") & rd["bpp"].notna()].groupby("curve"):
         export_curve(points, curve, out / "curves" / f"{safe_name(curve)}.json", f"lic_kd report {name}: Kodak, real bitstream bpp")
     if figures:
         write_figures(rd, bd, complexity, missing, out, name, images_dir)
@@ -229,24 +244,33 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
     """The figures, and report.md that shows every table and figure."""
     from lic_kd import figures
 
-    made = {"rd_curves.png": True}
-    figures.rd_curves(rd, out / "rd_curves.png")
+    rated = rd["bpp"].notna().any()
+    unrated = rd[rd["role"].isin(["teacher", "student", "kd"]) & rd["bpp"].isna()]
+    made = {"rd_curves.png": rated}
+    if rated:
+        figures.rd_curves(rd, out / "rd_curves.png")
+    made["quality_vs_kmac.png"] = not unrated.empty and figures.quality_vs_complexity(unrated, out / "quality_vs_kmac.png")
     made["bd_rate_vs_kmac.png"] = figures.bd_vs_complexity(bd, rd, out / "bd_rate_vs_kmac.png")
     made["complexity_vs_width.png"] = figures.complexity_vs_width(rd, out / "complexity_vs_width.png")
     images = {p.name: p for p in images_dir.glob("*")} if images_dir.is_dir() else {}
     made["visual_comparison.png"] = figures.visual_comparison(rd, images, out / "visual_comparison.png")
-    sections = [
-        f"# lic_kd report: {name}\n",
-        "Bitrates are real: 8 x bytes of each coded file / original pixels, averaged over images.\n",
-        "## Rate-distortion curves\n", "![RD curves](rd_curves.png)\n",
-        "## BD-rate against decoder complexity\n",
-        "![BD-rate vs kMAC](bd_rate_vs_kmac.png)\n" if made["bd_rate_vs_kmac.png"] else "(no curve has a BD-rate value: see the table)\n",
-        bd.to_markdown(index=False, floatfmt=".4g") + "\n",
+    sections = [f"# lic_kd report: {name}\n"]
+    if rated:
+        sections += ["Bitrates are real: 8 x bytes of each coded file / original pixels, averaged over images.\n",
+                     "## Rate-distortion curves\n", "![RD curves](rd_curves.png)\n",
+                     "## BD-rate against decoder complexity\n",
+                     "![BD-rate vs kMAC](bd_rate_vs_kmac.png)\n" if made["bd_rate_vs_kmac.png"] else "(no curve has a BD-rate value: see the table)\n",
+                     bd.to_markdown(index=False, floatfmt=".4g") + "\n"]
+    if made["quality_vs_kmac.png"]:
+        sections += ["## Autoencoders (no entropy model, no rate): quality against decoder complexity\n",
+                     "![quality vs kMAC](quality_vs_kmac.png)\n",
+                     bd.dropna(subset=["delta_quality"])[["curve", "anchor", "metric", "delta_quality"]].to_markdown(index=False, floatfmt=".4g") + "\n"]
+    sections += [
         "## Complexity\n", complexity.to_markdown(index=False, floatfmt=".4g") + "\n",
         "![complexity vs width](complexity_vs_width.png)\n" if made["complexity_vs_width.png"] else "",
         "## Visual comparison\n",
         "![visual comparison](visual_comparison.png)\n" if made["visual_comparison.png"] else "(no decodable run for the chosen image)\n",
-        "## All runs\n", rd[RD_COLUMNS].drop(columns="run_dir").to_markdown(index=False, floatfmt=".4g") + "\n",
+        "## All runs\n", rd[table_columns(rd)].drop(columns="run_dir").to_markdown(index=False, floatfmt=".4g") + "\n",
     ]
     if missing:
         sections += ["## Runs without results\n", pd.DataFrame(missing).to_markdown(index=False) + "\n"]

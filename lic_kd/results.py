@@ -48,18 +48,25 @@ def environment() -> dict[str, Any]:
     }
 
 
+LOSS_KINDS = {"DistillationLoss": "kd", "make_rd_loss": "rd", "ReconstructionLoss": "reconstruction"}
+
+
 def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What a run is, from what load_net read in its checkpoint: the keys the report groups and sorts by."""
     net, loss = meta["net"], dict(meta.get("loss") or {})
-    loss_target = loss.pop("_target_", None)
+    kind = LOSS_KINDS.get(str(loss.pop("_target_", "")).rsplit(".", 1)[-1])
+    task = dict(loss.pop("task", None) or loss)  # a KD loss nests the student's own objective
+    teacher = meta.get("teacher") or {}
     return {
         "role": meta.get("role"),
         "architecture": net["_target_"].rsplit(".", 1)[-1],
         "N": net.get("N"),
         "M": net.get("M"),
-        "lmbda": loss.get("lmbda"),
-        "loss": None if loss_target is None else ("kd" if loss_target.endswith("DistillationLoss") else "rd"),
-        "loss_weights": {k: v for k, v in loss.items() if k != "lmbda"},
+        "lmbda": task.get("lmbda"),
+        "loss": kind,
+        "objective": {k: v for k, v in task.items() if k != "_target_"},
+        "loss_weights": loss if kind == "kd" else {},
+        "kd_variant": None if kind != "kd" else ("hybrid" if teacher.get("z_checkpoint") else "single"),
         "teacher": meta.get("teacher"),
         "steps": meta.get("steps"),
         "checkpoint": meta["checkpoint"],

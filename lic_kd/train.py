@@ -18,10 +18,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
-from lic_kd.codec import evaluate_net
+from lic_kd.codec import evaluate_net, summary
 from lic_kd.models import load_net
 from lic_kd.module import CodecModule
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
@@ -48,7 +48,10 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def check_budget(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"this configuration needs {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the command line")
     for key in ("steps", "val_every"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise ValueError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
@@ -64,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
-    check_budget(cfg)
+    check_config(cfg)
     module = CodecModule(
         net=cfg.model,
         loss=cfg.loss,
@@ -80,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        max_steps=2 * cfg.steps,  # manual optimization: the main and the aux optimizer each count a step
+        max_steps=module.optimizer_steps_per_batch * cfg.steps,  # Lightning counts each optimizer's steps
         val_check_interval=min(cfg.val_every, cfg.steps),
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
         logger=[instantiate(c) for c in cfg.logger.values()],
@@ -88,16 +91,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        done = torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0) // 2
+        done = torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0) // module.optimizer_steps_per_batch
         log.info("resuming from %s at batch %d of %d", last, done, cfg.steps)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     trainer.save_checkpoint(last)  # the final batches may postdate the last validation
 
     net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
-    log.info("coding %d evaluation images with %s", len(datamodule.eval_paths), meta["checkpoint"])
-    evaluation = evaluate_net(net, datamodule.eval_paths, run_dir / "bitstreams", cfg.eval.device)
+    log.info("evaluating %d images with %s", len(datamodule.eval_paths), meta["checkpoint"])
+    evaluation = evaluate_net(net, datamodule.eval_paths, run_dir, cfg.eval.device)
     identity = run_identity(meta) | {
-        "steps": trainer.global_step // 2,
+        "steps": trainer.global_step // module.optimizer_steps_per_batch,
         "steps_planned": cfg.steps,
         "seed": cfg.seed,
         "run_dir": str(run_dir.resolve()),
@@ -105,8 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     results = build_results(identity, net, evaluation, time.perf_counter() - start)
     write_json_atomic(results_path, results)
-    m = results["metrics"]
-    log.info("%s: bpp %.4f (estimated %.4f), PSNR %s dB -> %s", cfg.role, m["bpp"], m["bpp_estimated"], m["psnr"], results_path)
+    log.info("%s: %s -> %s", cfg.role, summary(results["metrics"]), results_path)
     return results
 
 

@@ -38,7 +38,22 @@ def test_role_picks_the_loss(role, loss):
 def test_kd_weights_and_lambda_flow_into_the_loss():
     cfg = make(["role=kd", "lmbda=0.0035", "loss.w_z=0.5", "loss.latent_criterion=kl"])
     loss = instantiate(cfg.loss)
-    assert loss.rd.lmbda == 0.0035 and loss.weights["z"] == 0.5 and loss.latent_criterion == "kl"
+    assert loss.task.lmbda == 0.0035 and loss.weights["z"] == 0.5 and loss.latent_criterion == "kl"
+
+
+@pytest.mark.parametrize("role, loss", [("teacher", "ReconstructionLoss"), ("kd", "DistillationLoss")])
+def test_autoencoder_model_trains_for_reconstruction_in_every_role(role, loss):
+    cfg = make(["model=autoencoder", f"role={role}", "objective.metric=ms-ssim"])
+    assert cfg.model._target_ == "lic_kd.models.Autoencoder" and cfg.loss._target_.endswith(loss)
+    objective = cfg.loss.task if role == "kd" else cfg.loss
+    assert objective._target_ == "lic_kd.losses.ReconstructionLoss" and objective.metric == "ms-ssim"
+
+
+def test_hybrid_kd_takes_z_from_a_second_teacher():
+    cfg = make(["role=kd_hybrid", "teacher.checkpoint=a", "teacher.z_checkpoint=b"])
+    assert cfg.role == "kd" and cfg.loss.w_z > 0 and cfg.teacher.z_checkpoint == "b"
+    with pytest.raises(Exception, match="z_checkpoint"):  # mandatory: no hybrid KD without the low-rate teacher
+        _ = make(["role=kd_hybrid", "teacher.checkpoint=a"]).teacher.z_checkpoint
 
 
 def test_quality_preset_sets_widths_and_lambda():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lic_kd.losses import DistillationLoss, latent_kl, make_rd_loss
+from lic_kd.losses import DistillationLoss, ReconstructionLoss, latent_kl, make_rd_loss
 
 
 def fake_output(x_hat, likelihoods):
@@ -38,18 +38,18 @@ def test_kd_loss_is_the_weighted_sum():
     s_out, t_out = fake_output(x * 0.9, lik), fake_output(x * 0.8, lik)
     s_lat = {"y_hat": torch.randn(1, 4, 2, 2), "z_hat": torch.randn(1, 2, 1, 1)}
     t_lat = {"y_hat": torch.randn(1, 4, 2, 2), "z_hat": torch.randn(1, 2, 1, 1)}
-    loss = DistillationLoss(lmbda=0.01, w_rd=0.4, w_y=0.3, w_z=0.2, w_x=0.1)
+    loss = DistillationLoss(make_rd_loss(0.01), w_task=0.4, w_y=0.3, w_z=0.2, w_x=0.1)
     out = loss(s_out, s_lat, t_out, t_lat, x)
     rd = make_rd_loss(0.01)(s_out, x)["loss"]
     expected = (0.4 * rd + 0.3 * ((s_lat["y_hat"] - t_lat["y_hat"]) ** 2).mean()
                 + 0.2 * ((s_lat["z_hat"] - t_lat["z_hat"]) ** 2).mean() + 0.1 * ((x * 0.9 - x * 0.8) ** 2).mean())
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert out["rd_loss"].item() == pytest.approx(rd.item())
+    assert out["task_loss"].item() == pytest.approx(rd.item())
     assert loss.required_latents() == ["y_hat", "z_hat"]
 
 
 def test_kd_weight_zero_drops_the_term_and_its_shape_requirement():
-    loss = DistillationLoss(lmbda=0.01, w_y=0.3, w_z=0.0, w_x=0.3)
+    loss = DistillationLoss(make_rd_loss(0.01), w_y=0.3, w_z=0.0, w_x=0.3)
     assert loss.required_latents() == ["y_hat"]
 
 
@@ -69,4 +69,30 @@ def test_latent_kl_matches_a_hand_computed_distribution():
 @pytest.mark.parametrize("kwargs, message", [({"w_y": -1}, "w_y must be >= 0"), ({"latent_criterion": "l1"}, "mse' or 'kl")])
 def test_kd_loss_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DistillationLoss(lmbda=0.01, **kwargs)
+        DistillationLoss(make_rd_loss(0.01), **kwargs)
+
+
+def test_reconstruction_loss_is_mse_or_one_minus_ms_ssim():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 176, 176)
+    x_hat = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    mse = ReconstructionLoss("mse")({"x_hat": x_hat}, x)
+    assert mse["loss"].item() == pytest.approx(((x - x_hat) ** 2).mean().item(), rel=1e-6)
+    msssim = ReconstructionLoss("ms-ssim")({"x_hat": x_hat}, x)
+    assert 0 < msssim["loss"].item() < 1 and msssim["loss"].item() == pytest.approx(1 - msssim["ms_ssim_loss"].item())
+    assert ReconstructionLoss("mse")({"x_hat": x}, x)["loss"].item() == 0
+
+
+def test_rd_and_reconstruction_losses_reject_an_unknown_metric():
+    for make in (lambda: make_rd_loss(0.01, metric="ssim"), lambda: ReconstructionLoss("ssim")):
+        with pytest.raises(ValueError, match="metric must be one of"):
+            make()
+
+
+def test_kd_on_a_reconstruction_task_has_no_rate_term():
+    x = torch.rand(1, 3, 8, 8)
+    s_out, t_out = {"x_hat": x * 0.9}, {"x_hat": x * 0.8}
+    lat_s, lat_t = {"y_hat": torch.zeros(1, 4, 1, 1)}, {"y_hat": torch.ones(1, 4, 1, 1)}
+    out = DistillationLoss(ReconstructionLoss(), w_task=0.5, w_y=0.25, w_x=1.0)(s_out, lat_s, t_out, lat_t, x)
+    expected = 0.5 * ((x * 0.1) ** 2).mean() + 0.25 * 1.0 + ((x * 0.1) ** 2).mean()
+    assert "bpp_loss" not in out and out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)

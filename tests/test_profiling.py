@@ -49,5 +49,15 @@ def test_decode_peak_memory_grows_with_the_model():
     peaks = []
     for n, m in ((8, 16), (64, 96)):
         coder = prepare_for_coding(ScaleHyperprior(n, m))
-        peaks.append(decode_peak_in_fresh_process(coder, coder.compress(x))["decode_peak_bytes"])
+        encoded = coder.compress(x)
+        peaks.append(decode_peak_in_fresh_process(coder.decompress, (encoded["strings"], encoded["shape"]))["decode_peak_bytes"])
     assert peaks[0] > 0 and peaks[1] > peaks[0]
+
+
+def test_profile_of_an_autoencoder_times_its_two_transforms():
+    from lic_kd.models import Autoencoder
+    from lic_kd.profiling import profile_autoencoder
+
+    p = profile_autoencoder(Autoencoder(8, 16).eval(), torch.rand(1, 3, 64, 128), torch.device("cpu"), repeats=2)
+    assert p["latency"]["decode_s"] > 0 and (p["latency"]["height"], p["latency"]["width"]) == (64, 128)
+    assert p["memory"]["decode_peak_bytes"] is None or p["memory"]["decode_peak_bytes"] > 0

@@ -1,0 +1,121 @@
+"""Distillation variants beyond single-teacher KD: hybrid KD (two teachers) and autoencoder KD (no entropy
+model), each through the same train, sweep and report entry points."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import KODAK, run_module, train
+from lic_kd.codec import pad, reconstruct_image, to_8bit
+from lic_kd.data import load_rgb, to_tensor
+from lic_kd.models import Autoencoder, capture_latents, load_net
+from lic_kd.module import CodecModule
+
+
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def val_losses(run_dir):
+    return pd.read_csv(run_dir / "csv" / "metrics.csv")["val/loss"].dropna().to_numpy()
+
+
+def test_autoencoder_reconstruction_file_is_its_eval_mode_output(tmp_path):
+    torch.manual_seed(0)
+    net = Autoencoder(8, 16).eval()
+    Image.open(KODAK / "kodim23.png").crop((300, 200, 400, 270)).save(tmp_path / "crop.png")  # 100x70: padded
+    row = reconstruct_image(net, tmp_path / "crop.png", tmp_path / "rec.png", torch.device("cpu"))
+    x = to_tensor(load_rgb(tmp_path / "crop.png"))[None]
+    with torch.no_grad():
+        expected = to_8bit(net(pad(x))["x_hat"][..., :70, :100])
+    saved = np.asarray(Image.open(tmp_path / "rec.png"))
+    assert saved.shape == (70, 100, 3)
+    assert np.array_equal(saved, (expected[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert "bpp" not in row and row["psnr"] > 0 and "ms_ssim_missing" in row
+
+
+def test_autoencoder_kd_sweep_reports_quality_without_rate(tmp_path):
+    teacher = tmp_path / "teacher"
+    budget = ["model=autoencoder", "steps=30", "val_every=10", "optimizer.main.lr=1e-3"]
+    train("role=teacher", *budget, f"hydra.run.dir={teacher}")
+    sweep = tmp_path / "sweep"
+    train("-m", "role=student,kd", "student.N=4", f"teacher.checkpoint={teacher}", *budget, f"hydra.sweep.dir={sweep}")
+    runs = [teacher, *sorted(p.parent for p in sweep.glob("*/results.json"))]
+    assert len(runs) == 3
+    for run in runs:
+        r = results(run)
+        assert r["run"]["architecture"] == "Autoencoder" and r["run"]["lmbda"] is None
+        assert "bpp" not in r["metrics"] and r["metrics"]["psnr"] > 0 and r["complexity"]["kmac_per_pixel_decoder"] > 0
+        assert len(list((run / "reconstructions").glob("*.png"))) == r["metrics"]["n_images"] == 2
+        assert not (run / "bitstreams").exists()
+        val = val_losses(run)
+        assert len(val) == 3 and val[-1] < val[0], f"{r['run']['role']} did not reduce its reconstruction loss: {val}"
+        # one optimizer (no entropy bottleneck): Lightning's step count is the batch count
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 30
+    kd = next(results(run)["run"] for run in runs if results(run)["run"]["role"] == "kd")
+    assert kd["loss"] == "kd" and kd["objective"] == {"metric": "mse"}
+    assert "train/kd_y" in pd.read_csv(sweep / "1" / "csv" / "metrics.csv").columns
+
+    run_module("lic_kd.report", str(teacher), str(sweep), "--name", "ae", "--out-root", str(tmp_path / "rep"))
+    out = tmp_path / "rep" / "ae"
+    rd = pd.read_csv(out / "rd_table.csv")
+    assert len(rd) == 3 and not {"bpp", "bpp_estimated", "lmbda"} & set(rd.columns)
+    bd = pd.read_csv(out / "bd_rate.csv")
+    assert set(bd["curve"]) == {"student-Autoencoder-N4-M16", "kd-Autoencoder-N4-M16"}
+    assert bd["bd_rate_pct"].isna().all() and bd["delta_quality"].notna().all()
+    student_psnr = rd.loc[rd["role"] == "student", "psnr"].item() - rd.loc[rd["role"] == "teacher", "psnr"].item()
+    assert bd.loc[bd["curve"] == "student-Autoencoder-N4-M16", "delta_quality"].item() == pytest.approx(student_psnr)
+    assert (out / "quality_vs_kmac.png").is_file() and (out / "visual_comparison.png").is_file()
+    assert not (out / "rd_curves.png").exists() and "bpp" not in (out / "rd_table.md").read_text()
+
+
+def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep):
+    module = CodecModule(
+        net={"_target_": "lic_kd.models.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
+        loss={"_target_": "lic_kd.losses.DistillationLoss", "task": {"_target_": "lic_kd.losses.make_rd_loss", "lmbda": 0.02},
+              "w_z": 0.3},
+        optimizer={}, role="kd",
+        teacher={"checkpoint": str(teacher_sweep), "z_checkpoint": str(teacher_sweep), "z_lmbda": 0.005},
+    )
+    module.check_kd_shapes()
+    high, _ = load_net(teacher_sweep, lmbda=0.02)
+    low, _ = load_net(teacher_sweep, lmbda=0.005)
+    for loaded, expected in ((module.teacher, high), (module.z_teacher, low)):
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
+    x = torch.rand(1, 3, 64, 64)
+    _, targets = module.teacher_targets(x)
+    with torch.no_grad(), capture_latents(high) as from_high, capture_latents(low) as from_low:
+        high(x), low(x)
+    assert torch.equal(targets["y_hat"], from_high["y_hat"]) and torch.equal(targets["z_hat"], from_low["z_hat"])
+
+
+def test_hybrid_kd_run_is_its_own_curve_in_the_report(teacher_sweep, tmp_path):
+    run = tmp_path / "hybrid"
+    train("role=kd_hybrid", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}", f"teacher.z_checkpoint={teacher_sweep}",
+          "teacher.z_lmbda=0.005", "model=bmshj2018-hyperprior-hyperwidth", "student.N=4", "model.hyper_N=8",
+          f"hydra.run.dir={run}")
+    r = results(run)["run"]
+    assert r["kd_variant"] == "hybrid" and r["teacher"]["z_lmbda"] == 0.005 and r["loss_weights"]["w_z"] == 0.3
+    assert {"train/kd_z", "train/kd_y", "train/kd_x"} <= set(pd.read_csv(run / "csv" / "metrics.csv").columns)
+    run_module("lic_kd.report", str(teacher_sweep), str(run), "--name", "h", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    rd = pd.read_csv(tmp_path / "rep" / "h" / "rd_table.csv")
+    assert "kd-hybrid-ScaleHyperpriorHyperWidth-N4-M16" in set(rd["curve"])
+
+
+def bad_run(tmp_path, *args):
+    proc = train(f"hydra.run.dir={tmp_path / 'bad'}", *args, check=False, timeout=300)
+    assert proc.returncode != 0 and "Trainer.fit" not in proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_variant_misconfigurations_fail_before_training(teacher_sweep, tmp_path):
+    assert "this configuration needs teacher.z_checkpoint: set it on the command line" in bad_run(tmp_path, "role=kd_hybrid", f"teacher.checkpoint={teacher_sweep}")
+    assert "set loss.w_z > 0" in bad_run(tmp_path, "role=kd_hybrid", "loss.w_z=0", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}",
+                                         f"teacher.z_checkpoint={teacher_sweep / '0'}")
+    assert "Autoencoder has no entropy model: train it with objective=reconstruction" in bad_run(
+        tmp_path, "model=autoencoder", "objective=rd")
+    assert "ScaleHyperprior has an entropy model: train it with objective=rd" in bad_run(tmp_path, "objective=reconstruction")
