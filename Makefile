@@ -12,7 +12,7 @@ DEMO_TEACHER_N ?= 64
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo codecs report figures slurm-up slurm-down clean
+.PHONY: install test test-all demo codecs report figures families variants slurm-up slurm-down clean
 
 install: $(INSTALLED)
 
@@ -52,6 +52,36 @@ report: install
 	$(PY) -m lic_kd.report $(SWEEPS) --name $(NAME) --reference $(REFERENCES) $(if $(ANCHOR),--anchor $(ANCHOR))
 
 figures: report
+
+# Every model family at the demo budget (300 batches, N=64, M=96), coded on Kodak, in one report.
+FAMILIES ?= bmshj2018-factorized,bmshj2018-hyperprior,mbt2018-mean,mbt2018,cheng2020-anchor-checkerboard
+families: install
+	$(PY) -m lic_kd.train -m experiment=demo model=$(FAMILIES) hydra.sweep.dir=$(DEMO_DIR)/families
+	$(PY) -m lic_kd.report $(DEMO_DIR)/families --name families --anchor student-N64-M96
+
+# Every distillation variant at the demo budget, at two lambdas, N=16 students of an N=64 teacher: plain
+# student, KD on y and x_hat (MSE, then KL), KD on z, hybrid KD (z from the low-rate teacher), and
+# autoencoder KD (no entropy model); one report.
+VARIANTS_DIR ?= outputs/variants
+VARIANT_LAMBDAS ?= 0.0035,0.013
+STUDENT := experiment=demo student.N=16 lmbda=$(VARIANT_LAMBDAS) teacher.checkpoint=$(VARIANTS_DIR)/teachers
+HYPERWIDTH := model=bmshj2018-hyperprior-hyperwidth model.hyper_N=$(DEMO_TEACHER_N)
+variants: install
+	$(PY) -m lic_kd.train -m experiment=demo role=teacher student.N=$(DEMO_TEACHER_N) lmbda=$(VARIANT_LAMBDAS) \
+		hydra.sweep.dir=$(VARIANTS_DIR)/teachers
+	$(PY) -m lic_kd.train -m $(STUDENT) role=student,kd hydra.sweep.dir=$(VARIANTS_DIR)/kd
+	$(PY) -m lic_kd.train -m $(STUDENT) role=kd loss.latent_criterion=kl hydra.sweep.dir=$(VARIANTS_DIR)/kd_kl
+	$(PY) -m lic_kd.train -m $(STUDENT) role=kd $(HYPERWIDTH) loss.w_z=0.3 hydra.sweep.dir=$(VARIANTS_DIR)/kd_z
+	$(PY) -m lic_kd.train -m $(STUDENT) role=kd_hybrid $(HYPERWIDTH) teacher.z_checkpoint=$(VARIANTS_DIR)/teachers \
+		teacher.z_lmbda=$(firstword $(subst $(comma), ,$(VARIANT_LAMBDAS))) hydra.sweep.dir=$(VARIANTS_DIR)/kd_hybrid
+	$(PY) -m lic_kd.train -m experiment=demo model=autoencoder role=teacher student.N=$(DEMO_TEACHER_N) \
+		hydra.sweep.dir=$(VARIANTS_DIR)/ae_teacher
+	$(PY) -m lic_kd.train -m experiment=demo model=autoencoder role=student,kd student.N=16 \
+		teacher.checkpoint=$(VARIANTS_DIR)/ae_teacher hydra.sweep.dir=$(VARIANTS_DIR)/ae
+	$(PY) -m lic_kd.report $(VARIANTS_DIR)/teachers $(VARIANTS_DIR)/kd $(VARIANTS_DIR)/kd_kl $(VARIANTS_DIR)/kd_z \
+		$(VARIANTS_DIR)/kd_hybrid --name variants
+	$(PY) -m lic_kd.report $(VARIANTS_DIR)/ae_teacher $(VARIANTS_DIR)/ae --name variants_autoencoder
+comma := ,
 
 # A real single-node SLURM on this machine (root; Debian packages), for the SLURM tests and launcher=slurm.
 slurm-up:
