@@ -49,7 +49,7 @@ class CodecModule(L.LightningModule):
         self.loss = instantiate(self.hparams.loss)
         self.is_kd = isinstance(self.loss, DistillationLoss)
         if self.is_kd != (role == "kd"):
-            raise ValueError(f"role={role} needs loss={'kd' if role == 'kd' else 'rd'}, got {type(self.loss).__name__}")
+            raise ValueError(f"role={role} needs loss={'kd' if role == 'kd' else 'plain'}, got {type(self.loss).__name__}")
         task = self.loss.task if self.is_kd else self.loss
         self.has_entropy_model = isinstance(self.net, CompressionModel)
         if self.has_entropy_model != isinstance(task, RateDistortionLoss):
@@ -103,7 +103,8 @@ class CodecModule(L.LightningModule):
         for key in self.loss.required_latents():
             s, t = shapes["student"].get(key), shapes["teacher"].get(key)
             if s is None or t is None or s != t:
-                hint = "M (latent channels)" if key == "y_hat" else "hyper-latent width N"
+                hint = ("M (latent channels)" if key == "y_hat" else
+                        f"hyper-latent width (model=bmshj2018-hyperprior-hyperwidth model.hyper_N={t[1] if t else 'N'})")
                 raise ValueError(f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
                                  f"set the student's {hint} to the teacher's, or its KD weight to 0")
 

@@ -160,6 +160,19 @@ def bd_row(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.nda
     return row
 
 
+RATE_GAP = 0.10  # bitstream over estimate beyond headers and coder overhead: the two disagree
+
+
+def rate_warnings(rd: pd.DataFrame) -> list[str]:
+    """Runs whose bitstream rate exceeds the entropy model's own estimate by more than RATE_GAP (and 0.01 bpp):
+    the coder and the forward pass that trained the model disagree."""
+    rows = rd.dropna(subset=["bpp", "bpp_estimated"])
+    rows = rows[(rows["bpp"] > (1 + RATE_GAP) * rows["bpp_estimated"]) & (rows["bpp"] - rows["bpp_estimated"] > 0.01)]
+    return [f"{r.curve} (lmbda={r.lmbda:g}): bitstream {r.bpp:.4f} bpp is {r.bpp / r.bpp_estimated - 1:+.0%} over the "
+            f"estimate {r.bpp_estimated:.4f}: its coder and its forward pass disagree (e.g. an undertrained "
+            f"autoregressive context model); read its point with care" for r in rows.itertuples()]
+
+
 def default_anchor(df: pd.DataFrame) -> str | None:
     """The teacher curve (the widest one when there are several), else None."""
     teachers = df[df["role"] == "teacher"]
@@ -217,14 +230,16 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     rd[columns].to_csv(out / "rd_table.csv", index=False)
     bd.to_csv(out / "bd_rate.csv", index=False)
     pd.DataFrame(missing, columns=["run_dir", "reason"]).to_csv(out / "missing_runs.csv", index=False)
-    (out / "rd_table.md").write_text(to_markdown(rd[columns].drop(columns="run_dir"), f"Rate-distortion: {name}", missing))
+    warned = rate_warnings(rd)
+    warnings_md = "".join(["\n## Warnings\n\n", *(f"- {w}\n" for w in warned)]) if warned else ""
+    (out / "rd_table.md").write_text(to_markdown(rd[columns].drop(columns="run_dir"), f"Rate-distortion: {name}", missing) + warnings_md)
     complexity = complexity_table(rd)
     complexity.to_csv(out / "complexity.csv", index=False)
     (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
     for curve, points in rd[(rd["role"] != "reference") & rd["bpp"].notna()].groupby("curve"):
         export_curve(points, curve, out / "curves" / f"{safe_name(curve)}.json", f"lic_kd report {name}: Kodak, real bitstream bpp")
     if figures:
-        write_figures(rd, bd, complexity, missing, out, name, images_dir)
+        write_figures(rd, bd, complexity, missing, out, name, images_dir, warnings_md)
     return out
 
 
@@ -240,7 +255,7 @@ def complexity_table(rd: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, missing: Sequence[dict[str, str]],
-                  out: Path, name: str, images_dir: Path) -> None:
+                  out: Path, name: str, images_dir: Path, warnings_md: str = "") -> None:
     """The figures, and report.md that shows every table and figure."""
     from lic_kd import figures
 
@@ -274,7 +289,7 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
     ]
     if missing:
         sections += ["## Runs without results\n", pd.DataFrame(missing).to_markdown(index=False) + "\n"]
-    (out / "report.md").write_text("\n".join(sections))
+    (out / "report.md").write_text("\n".join(sections) + warnings_md)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,3 +48,14 @@ def test_disjoint_curves_give_no_number():
 
 def test_overlap_fraction():
     assert overlap(np.array([0.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(1 / 3)
+
+
+def test_rate_warning_flags_a_bitstream_far_over_its_estimate():
+    import pandas as pd
+
+    from lic_kd.report import rate_warnings
+
+    rd = pd.DataFrame({"curve": ["ok", "header only", "gap"], "lmbda": [0.01, 0.01, 0.01],
+                       "bpp": [0.205, 0.012, 0.63], "bpp_estimated": [0.2, 0.009, 0.19]})
+    warned = rate_warnings(rd)
+    assert len(warned) == 1 and warned[0].startswith("gap (lmbda=0.01): bitstream 0.6300 bpp is +232% over")

@@ -93,17 +93,32 @@ def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teache
     assert torch.equal(targets["y_hat"], from_high["y_hat"]) and torch.equal(targets["z_hat"], from_low["z_hat"])
 
 
-def test_hybrid_kd_run_is_its_own_curve_in_the_report(teacher_sweep, tmp_path):
+def test_hybrid_kd_run_reduces_its_loss_and_is_its_own_curve_in_the_report(teacher_sweep, tmp_path):
     run = tmp_path / "hybrid"
     train("role=kd_hybrid", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}", f"teacher.z_checkpoint={teacher_sweep}",
           "teacher.z_lmbda=0.005", "model=bmshj2018-hyperprior-hyperwidth", "student.N=4", "model.hyper_N=8",
-          f"hydra.run.dir={run}")
+          "steps=30", "val_every=10", "optimizer.main.lr=1e-3", f"hydra.run.dir={run}")
     r = results(run)["run"]
     assert r["kd_variant"] == "hybrid" and r["teacher"]["z_lmbda"] == 0.005 and r["loss_weights"]["w_z"] == 0.3
-    assert {"train/kd_z", "train/kd_y", "train/kd_x"} <= set(pd.read_csv(run / "csv" / "metrics.csv").columns)
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    assert {"train/kd_z", "train/kd_y", "train/kd_x"} <= set(metrics.columns)
+    kd_loss = metrics["val/kd_loss"].dropna().to_numpy()
+    assert len(kd_loss) == 3 and kd_loss[-1] < kd_loss[0], kd_loss
     run_module("lic_kd.report", str(teacher_sweep), str(run), "--name", "h", "--out-root", str(tmp_path / "rep"), "--no-figures")
     rd = pd.read_csv(tmp_path / "rep" / "h" / "rd_table.csv")
     assert "kd-hybrid-ScaleHyperpriorHyperWidth-N4-M16" in set(rd["curve"])
+
+
+def test_kd_on_y_z_and_x_hat_with_mse_and_kl_reduce_their_loss(teacher_sweep, tmp_path):
+    sweep = tmp_path / "kd"
+    train("-m", "role=kd", "loss.latent_criterion=mse,kl", "loss.w_z=0.3", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}",
+          "model=bmshj2018-hyperprior-hyperwidth", "student.N=4", "model.hyper_N=8", "steps=30", "val_every=10",
+          "optimizer.main.lr=1e-3", f"hydra.sweep.dir={sweep}")
+    runs = sorted(p.parent for p in sweep.glob("*/results.json"))
+    assert [results(run)["run"]["loss_weights"]["latent_criterion"] for run in runs] == ["mse", "kl"]
+    for run in runs:
+        kd_loss = pd.read_csv(run / "csv" / "metrics.csv")["val/kd_loss"].dropna().to_numpy()
+        assert len(kd_loss) == 3 and kd_loss[-1] < kd_loss[0], kd_loss
 
 
 def bad_run(tmp_path, *args):
