@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
-from lic_kd.codec import evaluate_net, summary
+from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, summary
 from lic_kd.models import load_net
 from lic_kd.module import CodecModule
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
@@ -55,6 +55,10 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("steps", "val_every"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise ValueError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
+    crop = min(cfg.data.get("crop_size") or MS_SSIM_MIN_SIDE, cfg.data.get("val_crop_size") or MS_SSIM_MIN_SIDE)
+    if cfg.objective.get("metric") == "ms-ssim" and crop < MS_SSIM_MIN_SIDE:
+        raise ValueError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
+                         f"(5 scales of 11x11 windows), got {crop}: raise data.crop_size and data.val_crop_size")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

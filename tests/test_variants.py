@@ -73,6 +73,17 @@ def test_autoencoder_kd_sweep_reports_quality_without_rate(tmp_path):
     assert not (out / "rd_curves.png").exists() and "bpp" not in (out / "rd_table.md").read_text()
 
 
+def test_autoencoder_trained_for_ms_ssim(tmp_path):
+    run = tmp_path / "msssim"
+    train("model=autoencoder", "role=teacher", "objective.metric=ms-ssim", "data.crop_size=176", "data.val_crop_size=176",
+          "steps=20", "val_every=10", "optimizer.main.lr=1e-3", f"hydra.run.dir={run}")
+    assert results(run)["run"]["objective"] == {"metric": "ms-ssim"}
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    val = metrics["val/loss"].dropna().to_numpy()  # 1 - MS-SSIM
+    assert len(val) == 2 and 0 < val[-1] < val[0] < 1
+    assert metrics["val/ms_ssim"].dropna().iloc[-1] == pytest.approx(1 - val[-1], rel=1e-5)
+
+
 def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep):
     module = CodecModule(
         net={"_target_": "lic_kd.models.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
@@ -134,3 +145,5 @@ def test_variant_misconfigurations_fail_before_training(teacher_sweep, tmp_path)
     assert "Autoencoder has no entropy model: train it with objective=reconstruction" in bad_run(
         tmp_path, "model=autoencoder", "objective=rd")
     assert "ScaleHyperprior has an entropy model: train it with objective=rd" in bad_run(tmp_path, "objective=reconstruction")
+    assert "objective.metric=ms-ssim needs training and validation crops of at least 161 px" in bad_run(
+        tmp_path, "model=autoencoder", "objective.metric=ms-ssim")
