@@ -105,8 +105,10 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["weights"])
     # Runs of one role and width but different KD weights are different curves.
     for label, group in df.groupby("curve"):
-        if group["weights"].nunique() > 1:
-            df.loc[group.index, "curve"] = label + " " + group["weights"]
+        if group["weights"].nunique() > 1:  # name each curve by the weights in which it differs
+            weights = group["weights"].map(json.loads)
+            differ = sorted({k for w in weights for k in w if len({json.dumps(x.get(k)) for x in weights}) > 1})
+            df.loc[group.index, "curve"] = label + " " + weights.map(lambda w: ",".join(f"{k}={w.get(k)}" for k in differ))
     return df.drop(columns="weights").sort_values(["curve", "lmbda", "quality", "bpp"], ignore_index=True)
 
 

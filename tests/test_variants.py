@@ -130,6 +130,9 @@ def test_kd_on_y_z_and_x_hat_with_mse_and_kl_reduce_their_loss(teacher_sweep, tm
     for run in runs:
         kd_loss = pd.read_csv(run / "csv" / "metrics.csv")["val/kd_loss"].dropna().to_numpy()
         assert len(kd_loss) == 3 and kd_loss[-1] < kd_loss[0], kd_loss
+    run_module("lic_kd.report", str(sweep), "--name", "kd", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    curves = set(pd.read_csv(tmp_path / "rep" / "kd" / "rd_table.csv")["curve"])
+    assert curves == {f"kd-ScaleHyperpriorHyperWidth-N4-M16 latent_criterion={c}" for c in ("mse", "kl")}
 
 
 def bad_run(tmp_path, *args):
