@@ -150,6 +150,16 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    # Building a network to receive weights draws its random initialization: fork the RNG, so that loading
+    # one teacher, two or none leaves the training run's random stream (its crops, its batches) unchanged.
+    with torch.random.fork_rng(devices=[]):
+        net, net_cfg, meta = _net_from_checkpoint(ckpt, path, architecture)
+    net.eval()
+    net.requires_grad_(False)
+    return net, {"checkpoint": str(path.resolve()), "net": net_cfg, **meta}
+
+
+def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     hparams = ckpt.get("hyper_parameters", {})
     if "net" in hparams:  # written by lic_kd's LightningModule
         net_cfg = dict(hparams["net"])
@@ -170,9 +180,7 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
             raise CheckpointError(f"{path} does not hold a {architecture} state dict: {err}") from err
         net_cfg = {"_target_": architecture, **{k: getattr(net, k) for k in ("N", "M") if hasattr(net, k)}}
         meta = {"role": "external", "loss": None, "teacher": None, "steps": None}
-    net.eval()
-    net.requires_grad_(False)
-    return net, {"checkpoint": str(path.resolve()), "net": net_cfg, **meta}
+    return net, net_cfg, meta
 
 
 @contextmanager

@@ -150,3 +150,18 @@ def test_variant_misconfigurations_fail_before_training(teacher_sweep, tmp_path)
     assert "ScaleHyperprior has an entropy model: train it with objective=rd" in bad_run(tmp_path, "objective=reconstruction")
     assert "objective.metric=ms-ssim needs training and validation crops of at least 161 px" in bad_run(
         tmp_path, "model=autoencoder", "objective.metric=ms-ssim")
+
+
+def test_hybrid_kd_with_one_teacher_twice_is_kd_on_z_and_every_role_sees_the_same_batches(teacher_sweep, tmp_path):
+    """Loading teachers leaves the run's random stream alone: a plain student, a KD student and a hybrid KD
+    student whose two teachers are one train on the same crops, and the last two are the same run."""
+    common = ["lmbda=0.02", f"teacher.checkpoint={teacher_sweep}", "model=bmshj2018-hyperprior-hyperwidth", "student.N=4",
+              "model.hyper_N=8", "steps=6", "data.eval_limit=1"]
+    variants = {"student": ["role=student"], "kd_z": ["role=kd", "loss.w_z=0.3"],
+                "hybrid": ["role=kd_hybrid", f"teacher.z_checkpoint={teacher_sweep}", "teacher.z_lmbda=0.02"]}
+    logs = {}
+    for name, args in variants.items():
+        train(*common, *args, f"hydra.run.dir={tmp_path / name}")
+        logs[name] = pd.read_csv(tmp_path / name / "csv" / "metrics.csv").dropna(subset=["train/loss"])
+    assert logs["hybrid"]["train/loss"].tolist() == logs["kd_z"]["train/loss"].tolist()
+    assert logs["student"]["train/mse"].iloc[0] == logs["kd_z"]["train/mse"].iloc[0]  # same first batch, same init
