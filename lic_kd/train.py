@@ -58,7 +58,7 @@ def check_config(cfg: DictConfig) -> None:
     crop = min(cfg.data.get("crop_size") or MS_SSIM_MIN_SIDE, cfg.data.get("val_crop_size") or MS_SSIM_MIN_SIDE)
     if cfg.objective.get("metric") == "ms-ssim" and crop < MS_SSIM_MIN_SIDE:
         raise ValueError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
-                         f"(5 scales of 11x11 windows), got {crop}: raise data.crop_size and data.val_crop_size")
+                         f"(5 scales of 11x11 windows), got {crop}: set data.crop_size and data.val_crop_size to 192 or more")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

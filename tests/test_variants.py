@@ -75,7 +75,7 @@ def test_autoencoder_kd_sweep_reports_quality_without_rate(tmp_path):
 
 def test_autoencoder_trained_for_ms_ssim(tmp_path):
     run = tmp_path / "msssim"
-    train("model=autoencoder", "role=teacher", "objective.metric=ms-ssim", "data.crop_size=176", "data.val_crop_size=176",
+    train("model=autoencoder", "role=teacher", "objective.metric=ms-ssim", "data.crop_size=192", "data.val_crop_size=192",
           "steps=20", "val_every=10", "optimizer.main.lr=1e-3", f"hydra.run.dir={run}")
     assert results(run)["run"]["objective"] == {"metric": "ms-ssim"}
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
