@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import KODAK, run_module, train
 from lic_kd.codec import pad, prepare_for_coding, read_bitstream, write_bitstream
 from lic_kd.complexity import complexity
-from lic_kd.models import capture_latents
+from lic_kd.models import ScaleHyperpriorHyperWidth, capture_latents
 
 FAMILIES = {
     "bmshj2018-factorized": lambda: FactorizedPrior(8, 16),
@@ -26,12 +26,14 @@ FAMILIES = {
     "mbt2018": lambda: JointAutoregressiveHierarchicalPriors(8, 16),
     "cheng2020-anchor-checkerboard": lambda: Cheng2020AnchorCheckerboard(16),
 }
+# Plus the scale hyperprior whose hyper-latent is wider than its N (for KD on z).
+CODERS = {**FAMILIES, "bmshj2018-hyperprior-hyperwidth": lambda: ScaleHyperpriorHyperWidth(8, 16, hyper_N=32)}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CODERS)
 def test_round_trip_decodes_the_eval_mode_reconstruction(family, tmp_path):
     torch.manual_seed(0)
-    coder = prepare_for_coding(FAMILIES[family]())
+    coder = prepare_for_coding(CODERS[family]())
     x = pad(torch.rand(1, 3, 70, 100))
     with torch.no_grad(), capture_latents(coder) as latents:
         expected = coder(x)["x_hat"].clamp(0, 1)
