@@ -53,7 +53,8 @@ report: install
 
 figures: report
 
-# Every model family at the demo budget (300 batches, N=64, M=96), coded on Kodak, in one report.
+# Every model family at the demo budget (300 batches, N=64, M=96; cheng2020 has N only), one lambda, coded on
+# Kodak, in one report (one point per family: the BD table stays empty, the RD table is the comparison).
 FAMILIES ?= bmshj2018-factorized,bmshj2018-hyperprior,mbt2018-mean,mbt2018,cheng2020-anchor-checkerboard
 families: install
 	$(PY) -m lic_kd.train -m experiment=demo model=$(FAMILIES) hydra.sweep.dir=$(DEMO_DIR)/families

@@ -119,10 +119,8 @@ def quality_vs_complexity(runs: pd.DataFrame, path: Path) -> bool:
     styles = _styles(runs)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
-        for role, group in runs.dropna(subset=[metric]).groupby("role", sort=False):
-            group = group.sort_values("kmac_decoder")
-            style = styles[group["curve"].iloc[-1]]
-            ax.plot(group["kmac_decoder"], group[metric], label=role, color=style["color"], marker=style["marker"])
+        for curve, group in runs.dropna(subset=[metric]).groupby("curve", sort=False):
+            ax.scatter(group["kmac_decoder"], group[metric], label=curve, color=styles[curve]["color"], marker=styles[curve]["marker"], s=50)
             for _, row in group.iterrows():
                 ax.annotate(f"N{row['N']:g}", (row["kmac_decoder"], row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
@@ -203,8 +201,9 @@ def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, ima
         image = next((name for name in images if Path(name).stem in coded[:1]), image)
     if image not in images:
         return False
-    teachers = learned[learned["role"] == "teacher"]
-    reference = (teachers if not teachers.empty else learned).sort_values("lmbda")
+    rated = learned.dropna(subset=["bpp"])
+    teachers = rated[rated["role"] == "teacher"]
+    reference = (teachers if not teachers.empty else rated if not rated.empty else learned).sort_values("lmbda")
     target_bpp = reference.iloc[len(reference) // 2]["bpp"]
     panels: list[tuple[str, np.ndarray]] = []
     original = np.asarray(load_rgb(images[image]))

@@ -122,7 +122,8 @@ def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
                 if lmbda is None or math.isclose(json.loads(p.read_text())["run"]["lmbda"] or -1, lmbda, rel_tol=1e-9)]
         if len(runs) != 1:
             at = "" if lmbda is None else f" at lmbda={lmbda}"
-            raise CheckpointError(f"sweep directory {path} has {len(runs)} finished runs{at}, expected one: name the run directory")
+            raise CheckpointError(f"sweep directory {path} has {len(runs)} finished runs{at}, expected one: name the run "
+                                  f"directory{'' if lmbda is not None else ' (or, for the z teacher of hybrid KD, teacher.z_lmbda)'}")
         path = runs[0]
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):

@@ -142,8 +142,8 @@ class CodecModule(L.LightningModule):
         # val/loss is the student's own objective in every role (RD loss, or reconstruction loss), so best
         # checkpoints and the plateau schedule follow the quantity that is evaluated; the KD objective is
         # logged beside it.
-        logs = {"val/loss": out.get("task_loss", out["loss"]), "val/mse": out["mse_loss"]}
-        logs |= {f"val/{k.removesuffix('_loss')}": out[k] for k in ("bpp_loss", "ms_ssim_loss") if k in out}
+        logs = {"val/loss": out.get("task_loss", out["loss"])}
+        logs |= {f"val/{k.removesuffix('_loss')}": out[k] for k in ("bpp_loss", "mse_loss", "ms_ssim_loss") if k in out}
         if self.is_kd:
             logs["val/kd_loss"] = out["loss"]
         self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])

@@ -83,6 +83,13 @@ def curve_label(run: dict[str, Any]) -> str:
     return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
 
 
+def curve_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """What besides role and width makes a run's curve: KD weights, the objective's metric, the z teacher."""
+    teacher = run.get("teacher") or {}
+    return {**(run.get("loss_weights") or {}), **{k: v for k, v in (run.get("objective") or {}).items() if k != "lmbda"},
+            **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None}}
+
+
 def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in results:
@@ -90,7 +97,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
         rows.append({
             **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "run_dir")},
             "curve": curve_label(run),
-            "weights": json.dumps(run.get("loss_weights") or {}, sort_keys=True),
+            "weights": json.dumps(curve_settings(run), sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
             "ms_ssim_db": ms_ssim_db(m.get("ms_ssim")),
             "params": r.get("params"),
@@ -170,7 +177,7 @@ def rate_warnings(rd: pd.DataFrame) -> list[str]:
     the coder and the forward pass that trained the model disagree."""
     rows = rd.dropna(subset=["bpp", "bpp_estimated"])
     rows = rows[(rows["bpp"] > (1 + RATE_GAP) * rows["bpp_estimated"]) & (rows["bpp"] - rows["bpp_estimated"] > 0.01)]
-    return [f"{r.curve} (lmbda={r.lmbda:g}): bitstream {r.bpp:.4f} bpp is {r.bpp / r.bpp_estimated - 1:+.0%} over the "
+    return [f"{r.curve}{'' if pd.isna(r.lmbda) else f' (lmbda={r.lmbda:g})'}: bitstream {r.bpp:.4f} bpp is {r.bpp / r.bpp_estimated - 1:+.0%} over the "
             f"estimate {r.bpp_estimated:.4f}: its coder and its forward pass disagree (e.g. an undertrained "
             f"autoregressive context model); read its point with care" for r in rows.itertuples()]
 
@@ -189,22 +196,26 @@ def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: 
     if method not in MIN_POINTS:
         raise ValueError(f"method must be one of {sorted(MIN_POINTS)}, got {method!r}")
     curves = list(dict.fromkeys(df["curve"]))
-    if anchor is None:
-        return pd.DataFrame([{"curve": c, "reason": "no anchor: no teacher runs; name one with --anchor"} for c in curves], columns=columns)
-    if anchor not in curves:
+    if anchor is not None and anchor not in curves:
         raise ValueError(f"anchor {anchor!r} is not a curve of this report; curves: {', '.join(curves)}")
-    anchor_pts = curve_points(df[df["curve"] == anchor], rate, metric)
+    # Autoencoders (no entropy model: no bpp at all) are compared among themselves, against their widest
+    # teacher; codecs against the anchor. A codec lacking only the chosen rate column still goes to bd_row.
+    no_rate = {c for c in curves if df.loc[df["curve"] == c, "bpp"].isna().all()}
+    anchors = {group: anchor if anchor is not None and (anchor in no_rate) == group
+               else default_anchor(df[df["curve"].isin(no_rate) == group]) for group in (False, True)}
     rows = []
     for c in curves:
-        if c == anchor:
+        a = anchors[c in no_rate]
+        if c == a:
             continue
-        row = {"curve": c, "anchor": anchor, "method": method, "rate": rate, "metric": metric}
-        unrated = [name for name in (anchor, c) if df.loc[df["curve"] == name, rate].isna().all()]
-        if unrated:  # an autoencoder has no bitstream: the plain difference in quality is what there is
-            row["delta_quality"] = df.loc[df["curve"] == c, metric].mean() - df.loc[df["curve"] == anchor, metric].mean()
-            row["reason"] = f"no rate for {' and '.join(unrated)} (no entropy model): delta_quality is the difference of mean {metric}"
+        row = {"curve": c, "anchor": a, "method": method, "rate": rate, "metric": metric}
+        if a is None:
+            row["reason"] = "no anchor: no teacher runs of this kind; name one with --anchor"
+        elif c in no_rate:  # the plain difference in quality is what there is without a rate
+            row["delta_quality"] = df.loc[df["curve"] == c, metric].mean() - df.loc[df["curve"] == a, metric].mean()
+            row["reason"] = f"no rate (no entropy model): delta_quality is the difference of mean {metric}"
         else:
-            row |= bd_row(anchor_pts, curve_points(df[df["curve"] == c], rate, metric), method)
+            row |= bd_row(curve_points(df[df["curve"] == a], rate, metric), curve_points(df[df["curve"] == c], rate, metric), method)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 

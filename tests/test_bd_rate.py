@@ -59,3 +59,24 @@ def test_rate_warning_flags_a_bitstream_far_over_its_estimate():
                        "bpp": [0.205, 0.012, 0.63], "bpp_estimated": [0.2, 0.009, 0.19]})
     warned = rate_warnings(rd)
     assert len(warned) == 1 and warned[0].startswith("gap (lmbda=0.01): bitstream 0.6300 bpp is +232% over")
+
+
+def test_a_mixed_report_compares_autoencoders_among_themselves_and_codecs_by_bd():
+    import pandas as pd
+
+    from lic_kd.report import bd_table, default_anchor
+
+    nan = float("nan")
+    rows = [("teacher-N8-M16", "teacher", 0.01, 0.10, 0.11, 20.0), ("teacher-N8-M16", "teacher", 0.02, 0.20, 0.21, 22.0),
+            ("student-N4-M16", "student", 0.01, 0.10, 0.11, 19.0), ("student-N4-M16", "student", 0.02, 0.20, 0.21, 21.0),
+            ("teacher-Autoencoder-N8-M16", "teacher", nan, nan, nan, 21.0), ("kd-Autoencoder-N4-M16", "kd", nan, nan, nan, 19.5),
+            ("JPEG", "codec", nan, 0.15, nan, 20.5), ("JPEG", "codec", nan, 0.25, nan, 22.5)]
+    df = pd.DataFrame(rows, columns=["curve", "role", "lmbda", "bpp", "bpp_estimated", "psnr"]).assign(
+        N=[8, 8, 4, 4, 8, 4, nan, nan], M=[16] * 6 + [nan, nan], quality=[nan] * 6 + [10, 20])
+    for rate in ("bpp", "bpp_estimated"):
+        bd = bd_table(df, default_anchor(df), rate=rate).set_index("curve")
+        assert bd.loc["kd-Autoencoder-N4-M16", "anchor"] == "teacher-Autoencoder-N8-M16"
+        assert bd.loc["kd-Autoencoder-N4-M16", "delta_quality"] == pytest.approx(-1.5)
+        assert bd.loc["student-N4-M16", "anchor"] == "teacher-N8-M16" and bd.loc["student-N4-M16", "bd_psnr_db"] == pytest.approx(-1.0)
+        assert pd.isna(bd.loc["JPEG", "delta_quality"])  # a codec without an estimate is not an autoencoder
+    assert "needs >= 2 points" in bd.loc["JPEG", "reason"]

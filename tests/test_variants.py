@@ -84,6 +84,15 @@ def test_autoencoder_trained_for_ms_ssim(tmp_path):
     assert metrics["val/ms_ssim"].dropna().iloc[-1] == pytest.approx(1 - val[-1], rel=1e-5)
 
 
+def test_codec_trained_for_ms_ssim_rate_distortion(tmp_path):
+    run = tmp_path / "codec_msssim"
+    train("role=teacher", "objective.metric=ms-ssim", "lmbda=8", "data.crop_size=192", "data.val_crop_size=192",
+          "steps=4", "val_every=2", f"hydra.run.dir={run}")
+    r = results(run)
+    assert r["run"]["objective"] == {"lmbda": 8, "metric": "ms-ssim"} and r["metrics"]["bpp"] > 0
+    assert {"val/ms_ssim", "val/bpp"} <= set(pd.read_csv(run / "csv" / "metrics.csv").columns)
+
+
 def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep):
     module = CodecModule(
         net={"_target_": "lic_kd.models.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
