@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.models import CompressionModel
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lic_kd.data import load_rgb, to_tensor
-from lic_kd.profiling import profile_autoencoder, profile_codec
+from lic_kd.profiling import profile_autoencoder, profile_codec, sync
 
 PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
 MAGIC = b"LKD2"
@@ -99,20 +100,19 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
     out_est = coder(x_padded)  # eval-mode forward: the entropy model's own rate estimate
     bpp_estimated = sum(l.log2().sum().neg().item() for l in out_est["likelihoods"].values()) / num_pixels
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     start = time.perf_counter()
     enc = coder.compress(x_padded)
-    sync()
+    sync(device)
     encode_s = time.perf_counter() - start
     n_bytes = write_bitstream(bitstream, enc["strings"], enc["shape"], (h, w))
 
     strings, shape, (h_read, w_read) = read_bitstream(bitstream)
-    sync()
+    sync(device)
     start = time.perf_counter()
     dec = coder.decompress(strings, shape)
     x_hat = dec["x_hat"][..., :h_read, :w_read].clamp(0, 1)
-    sync()
+    sync(device)
     decode_s = time.perf_counter() - start
 
     return {"image": path.name, "height": h, "width": w, "bytes": n_bytes, "bpp": 8 * n_bytes / num_pixels,
@@ -122,6 +122,11 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
 def to_8bit(x_hat: torch.Tensor) -> torch.Tensor:
     """The 8-bit image a decoder would save, back in [0, 1]: metrics are measured on it."""
     return (x_hat.clamp(0, 1) * 255).round() / 255
+
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    """A [0, 1] image tensor (3, H, W) as the 8-bit H x W x 3 array an image file holds."""
+    return (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def reconstruction_quality(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, Any]:
@@ -143,18 +148,16 @@ def reconstruct_image(net: nn.Module, path: Path, out_png: Path, device: torch.d
     decoder), save the 8-bit reconstruction as PNG and measure it. There is no rate."""
     x = to_tensor(load_rgb(path))[None].to(device)
     h, w = x.shape[-2:]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     start = time.perf_counter()
     y = net.g_a(pad(x))
-    sync()
+    sync(device)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     x_hat = to_8bit(net.g_s(y)[..., :h, :w])
-    sync()
+    sync(device)
     decode_s = time.perf_counter() - start
-    pixels = (x_hat[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(pixels).save(out_png)
+    Image.fromarray(to_pixels(x_hat[0])).save(out_png)
     return {"image": path.name, "height": h, "width": w, **reconstruction_quality(x, x_hat), "encode_s": encode_s, "decode_s": decode_s}
 
 

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lic_kd.codec import prepare_for_coding, read_bitstream  # noqa: E402
+from lic_kd.codec import prepare_for_coding, read_bitstream, to_pixels  # noqa: E402
 from lic_kd.data import load_rgb  # noqa: E402
 from lic_kd.models import load_net  # noqa: E402
 
@@ -177,8 +177,8 @@ def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray,
     net, _ = load_net(checkpoint)
     coder = prepare_for_coding(net)
     with torch.inference_mode():
-        x_hat = coder.decompress(strings, shape)["x_hat"][0, :, :h, :w].clamp(0, 1)
-    return (x_hat.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), 8 * bitstream.stat().st_size / (h * w)
+        x_hat = coder.decompress(strings, shape)["x_hat"][0, :, :h, :w]
+    return to_pixels(x_hat), 8 * bitstream.stat().st_size / (h * w)
 
 
 def _closest(group: pd.DataFrame, bpp: float) -> pd.Series:

@@ -17,7 +17,8 @@ from torch import nn
 RAPL = Path("/sys/class/powercap/intel-rapl:0")  # CPU package domain
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer around it measures it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -25,10 +26,10 @@ def _sync(device: torch.device) -> None:
 def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -69,12 +70,12 @@ class EnergyMeter:
         """Energy of one call, averaged over as many calls as fill `min_seconds`: the counters update only
         every 20-100 ms."""
         assert self._read is not None
-        _sync(device)
+        sync(device)
         calls, start, e0 = 0, time.perf_counter(), self._read()
         while time.perf_counter() - start < min_seconds or calls == 0:
             fn()
             calls += 1
-        _sync(device)
+        sync(device)
         used = self._read() - e0
         if used < 0:  # RAPL wrapped around
             used += self._wrap
@@ -100,15 +101,17 @@ def _status_kib(key: str) -> int:
 
 
 @torch.inference_mode()
-def profile(encode: Callable[[], Any], decode: Callable[..., Any], decode_args: tuple, device: torch.device,
-            repeats: int = 3) -> dict[str, Any]:
-    """Latency after a warm-up, decoder throughput, energy and peak decode memory of one image's
-    `encode()` and `decode(*decode_args)`."""
+def profile(encode: Callable[[], Any], decode: Callable[..., Any], decode_args: tuple, x_padded: torch.Tensor,
+            device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """Latency after a warm-up, decoder throughput, energy and peak decode memory of `encode()` and
+    `decode(*decode_args)` on the padded image `x_padded`."""
     encode(), decode(*decode_args)  # warm-up
     decode_once = lambda: decode(*decode_args)  # noqa: E731
     latency = {
         "encode_s": _median_seconds(encode, device, repeats),
         "decode_s": _median_seconds(decode_once, device, repeats),
+        "height": x_padded.shape[-2],
+        "width": x_padded.shape[-1],
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -139,17 +142,13 @@ def profile_codec(coder: CompressionModel, x_padded: torch.Tensor, device: torch
     """profile() of real entropy coding: compress, and decompress from the strings. `coder` comes from
     prepare_for_coding."""
     encoded = coder.compress(x_padded)
-    result = profile(lambda: coder.compress(x_padded), coder.decompress, (encoded["strings"], encoded["shape"]), device, repeats)
-    result["latency"] |= {"height": x_padded.shape[-2], "width": x_padded.shape[-1]}
-    return result
+    return profile(lambda: coder.compress(x_padded), coder.decompress, (encoded["strings"], encoded["shape"]), x_padded, device, repeats)
 
 
 @torch.inference_mode()
 def profile_autoencoder(net: nn.Module, x_padded: torch.Tensor, device: torch.device, repeats: int = 3) -> dict[str, Any]:
     """profile() of an autoencoder without an entropy model: g_a, and g_s from the float latent."""
-    result = profile(lambda: net.g_a(x_padded), net.g_s, (net.g_a(x_padded),), device, repeats)
-    result["latency"] |= {"height": x_padded.shape[-2], "width": x_padded.shape[-1]}
-    return result
+    return profile(lambda: net.g_a(x_padded), net.g_s, (net.g_a(x_padded),), x_padded, device, repeats)
 
 
 _DECODE_ONCE = """
