@@ -5,14 +5,24 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 DEMO_DIR ?= outputs/demo
-DEMO_LAMBDAS ?= 0.0035,0.05
+DEMO_LAMBDAS ?= 0.0035,0.0067,0.013
 DEMO_WIDTHS ?= 16,32
-DEMO_TEACHER_N ?= 64
+DEMO_INIT ?= teacher
+DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
+
+# The shipped teacher ladder (make teachers rebuilds it): KD runs take the rung of their own lambda.
+TEACHERS ?= teachers/bmshj2018-hyperprior-N64-M96
+TEACHERS_RUN_DIR ?= outputs/teachers
+TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013
+TEACHER_OVERRIDES ?=
+TEACHER_BASE_CMD = $(PY) -m lic_kd.train experiment=teacher_ladder $(TEACHER_OVERRIDES) hydra.run.dir=$(TEACHERS_RUN_DIR)/base
+TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune lmbda=$(TEACHER_LAMBDAS) \
+	student.init=$(TEACHERS_RUN_DIR)/base $(TEACHER_OVERRIDES) hydra.sweep.dir=$(TEACHERS_RUN_DIR)/ladder
 
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo codecs report figures families variants slurm-up slurm-down clean
+.PHONY: install test test-all demo teachers study codecs report figures families variants slurm-up slurm-down clean
 
 install: $(INSTALLED)
 
@@ -29,15 +39,39 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
-# Teachers at each lambda, then plain and KD students at each width and lambda (each KD student takes the
-# teacher of its own lambda from the teacher sweep), all coded on Kodak, then the report. Re-running
-# resumes: finished runs are skipped, interrupted ones continue from their last checkpoint.
+# The shipped teachers, coded on Kodak for real (their numbers checked against the ladder's record), then plain
+# and KD students at each width and lambda, started from their teacher's most important channels (each KD
+# student takes the teacher of its own lambda), all coded on Kodak, then the report. Re-running resumes:
+# finished runs are skipped, interrupted ones continue from their last checkpoint.
 demo: install codecs
-	$(PY) -m lic_kd.train -m experiment=demo role=teacher student.N=$(DEMO_TEACHER_N) lmbda=$(DEMO_LAMBDAS) \
-		hydra.sweep.dir=$(DEMO_DIR)/teachers
+	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(DEMO_LAMBDAS) hydra.sweep.dir=$(DEMO_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) lmbda=$(DEMO_LAMBDAS) \
-		teacher.checkpoint=$(DEMO_DIR)/teachers hydra.sweep.dir=$(DEMO_DIR)/students
+		student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
 	$(MAKE) report
+
+# Retrain the teacher ladder from scratch: one base teacher (lambda 0.0067), fine-tuned to each lambda of the
+# ladder, then shipped with its provenance into $(TEACHERS). On a GPU or SLURM, widen and lengthen with
+# overrides only, e.g. make teachers TEACHER_OVERRIDES="student.N=128 student.M=192 steps=200000".
+teachers: install
+	$(TEACHER_BASE_CMD)
+	$(TEACHER_RUNGS_CMD)
+	$(PY) -m lic_kd.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base \
+		--command "$(TEACHER_BASE_CMD) && $(TEACHER_RUNGS_CMD)"
+
+# The longer study on the shipped ladder: students of every width below the teacher's, plain and KD, from random
+# and from teacher initialisation, at every lambda of the ladder, over seeds; the report answers "what
+# distillation buys" with 95 % intervals. The same target runs on SLURM: make study STUDY_LAUNCHER=slurm.
+STUDY_DIR ?= outputs/study
+STUDY_WIDTHS ?= 16,32,48
+STUDY_LAMBDAS ?= $(TEACHER_LAMBDAS)
+STUDY_SEEDS ?= 1,2,3
+STUDY_LAUNCHER ?= basic
+study: install codecs
+	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(STUDY_LAMBDAS) hydra.sweep.dir=$(STUDY_DIR)/teachers
+	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=student,kd student.init=random,teacher \
+		student.N=$(STUDY_WIDTHS) lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
+		hydra.sweep.dir=$(STUDY_DIR)/students
+	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)
 
 # JPEG, WebP, JPEG 2000 and AVIF (Pillow) at their quality ladders on Kodak: real files, same metrics.
 CODEC_POINTS ?= 5

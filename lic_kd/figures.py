@@ -52,7 +52,8 @@ def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
         for curve, group in rd.dropna(subset=[rate, metric]).groupby("curve", sort=False):
-            group = group.sort_values(rate)
+            # repeats (seeds) of one point are averaged: one marker per lambda or quality
+            group = group.assign(point=group["lmbda"].fillna(group["quality"])).groupby("point")[[rate, metric]].mean().sort_values(rate)
             ax.plot(group[rate], group[metric], label=curve, markersize=5, **styles[curve])
         ax.set_xlabel(f"{rate} (bits per pixel{', from the bitstream' if rate == 'bpp' else ''})")
         ax.set_ylabel(label)
@@ -233,5 +234,39 @@ def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, ima
         ax.imshow(pixels[top : top + crop, left : left + crop], interpolation="nearest")
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"{image}: centre crop {crop}x{crop}", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def distillation(table: pd.DataFrame, path: Path) -> bool:
+    """What distillation buys: per width, the KD student's BD-rate against its paired plain student (95 %
+    interval when there are seeds), and both against the teacher as a function of decoder kMAC/px."""
+    rows = table.dropna(subset=["bd_rate_kd_vs_plain_pct"])
+    if rows.empty:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"N={int(r.N)}\n{r.init}" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "") for r in rows.itertuples()]
+    colors = ["tab:red" if v > 0 else "tab:green" for v in rows["bd_rate_kd_vs_plain_pct"]]
+    axes[0].bar(range(len(rows)), rows["bd_rate_kd_vs_plain_pct"], yerr=rows["ci95"].fillna(0), capsize=4, color=colors)
+    axes[0].axhline(0, color="black", linewidth=0.8)
+    axes[0].set_xticks(range(len(rows)), labels, fontsize=8)
+    axes[0].set_ylabel("BD-rate of KD vs plain student (%)")
+    axes[0].set_title("What KD buys at each width (< 0: KD saves rate; bars: 95 % interval)", fontsize=10)
+    axes[0].grid(alpha=0.3, axis="y")
+    for role, column, style in (("plain", "bd_rate_plain_vs_teacher_pct", ROLE_STYLE["student"]), ("KD", "bd_rate_kd_vs_teacher_pct", ROLE_STYLE["kd"])):
+        if column in rows and rows[column].notna().any():
+            points = rows.dropna(subset=[column])
+            axes[1].scatter(points["kmac_decoder"], points[column], marker=style["marker"], s=60, label=f"{role} student",
+                            color=plt.get_cmap(style["cmap"])(0.8))
+    for r in rows.itertuples():
+        if not pd.isna(getattr(r, "bd_rate_plain_vs_teacher_pct", np.nan)) and not pd.isna(getattr(r, "bd_rate_kd_vs_teacher_pct", np.nan)):
+            axes[1].annotate("", xy=(r.kmac_decoder, r.bd_rate_kd_vs_teacher_pct), xytext=(r.kmac_decoder, r.bd_rate_plain_vs_teacher_pct),
+                             arrowprops={"arrowstyle": "->", "color": "grey"})
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("decoder kMAC / pixel")
+    axes[1].set_ylabel("BD-rate against the teacher (%)")
+    axes[1].set_title("Cost of thinness, with and without KD", fontsize=10)
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
     _save(fig, path)
     return True

@@ -15,6 +15,8 @@ from compressai.models import CompressionModel, FactorizedPrior, ScaleHyperprior
 from hydra.utils import get_class, instantiate
 from torch import nn
 
+from lic_kd.ladder import LadderError, is_ladder, ladder_rung, rung_meta
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing or cannot be loaded; the message names it."""
@@ -139,10 +141,18 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
     class and its widths are inferred from the weights. Also returns what the checkpoint says of its run:
-    {"checkpoint", "net" (config), "role", "loss", "teacher", "steps"}. `lmbda` picks a run from a sweep dir;
-    `zoo:MODEL:QUALITY` names CompressAI zoo weights in the torch hub cache."""
+    {"checkpoint", "net" (config), "role", "loss", "teacher", "init", "steps"}. `lmbda` picks a run from a sweep
+    dir or a rung from a teacher ladder (lic_kd.ladder); `zoo:MODEL:QUALITY` names CompressAI zoo weights in the
+    torch hub cache."""
+    ladder_meta = None
     if str(path).startswith("zoo:"):
         path, architecture = zoo_file(str(path))
+    elif is_ladder(path):  # a shipped teacher ladder: the rung at lmbda, its sha256 checked
+        try:
+            path, ladder, rung = ladder_rung(path, lmbda)
+        except LadderError as err:
+            raise CheckpointError(str(err)) from None
+        architecture, ladder_meta = ladder["architecture"], rung_meta(ladder, rung)
     path = resolve_checkpoint(path, lmbda)
     check_zoo_hash(path)
     try:
@@ -155,6 +165,7 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     # one teacher, two or none leaves the training run's random stream (its crops, its batches) unchanged.
     with torch.random.fork_rng(devices=[]):
         net, net_cfg, meta = _net_from_checkpoint(ckpt, path, architecture)
+    meta |= ladder_meta or {}
     net.eval()
     net.requires_grad_(False)
     return net, {"checkpoint": str(path.resolve()), "net": net_cfg, **meta}
@@ -167,7 +178,7 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
         net = build_net(net_cfg)
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
-        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher")}
+        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher", "init")}
         meta["steps"] = ckpt.get("global_step", 0) // optimizer_steps_per_batch(net)
     else:
         if architecture is None:
@@ -180,7 +191,7 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
         except Exception as err:
             raise CheckpointError(f"{path} does not hold a {architecture} state dict: {err}") from err
         net_cfg = {"_target_": architecture, **{k: getattr(net, k) for k in ("N", "M") if hasattr(net, k)}}
-        meta = {"role": "external", "loss": None, "teacher": None, "steps": None}
+        meta = {"role": "external", "loss": None, "teacher": None, "init": None, "steps": None}
     return net, net_cfg, meta
 
 

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lic_kd.losses import DistillationLoss, RateDistortionLoss
+from lic_kd.prune import prune_into
 from lic_kd.models import build_net, capture_latents, load_net, optimizer_steps_per_batch
 
 ROLES = ("teacher", "student", "kd")
@@ -34,15 +35,17 @@ class CodecModule(L.LightningModule):
         scheduler: dict | None = None,
         role: str = "student",
         teacher: dict | None = None,
+        init: str = "random",
     ) -> None:
         """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
-        `_target_` config of the main optimizer's LR schedule, stepped at each validation."""
+        `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
+        `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from."""
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.save_hyperparameters(
             {k: _plain(v) for k, v in dict(net=net, loss=loss, optimizer=optimizer, scheduler=scheduler,
-                                          role=role, teacher=teacher).items()}
+                                          role=role, teacher=teacher, init=init).items()}
         )
         self.automatic_optimization = False
         self.net = build_net(self.hparams.net)
@@ -57,6 +60,7 @@ class CodecModule(L.LightningModule):
             raise ValueError(f"{type(self.net).__name__} {'has an' if self.has_entropy_model else 'has no'} entropy model: "
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
+        self.init_source = self._initialise(init, teacher, getattr(task, "lmbda", None))
         self.teacher = self.z_teacher = None
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
@@ -66,6 +70,24 @@ class CodecModule(L.LightningModule):
                 if not self.loss.weights["z"]:
                     raise ValueError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
                 self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
+
+    def _initialise(self, init: str, teacher: dict | None, lmbda: float | None) -> str | None:
+        """Start from trained weights: the teacher's (its most important channels when this network is
+        narrower) or any checkpoint's. Resuming overwrites them with last.ckpt, as it should."""
+        if init in (None, "random"):
+            return None
+        if init == "teacher":
+            if not teacher or not teacher.get("checkpoint"):
+                raise ValueError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
+            source_path, architecture = teacher["checkpoint"], teacher.get("architecture")
+        else:
+            source_path, architecture = init, (teacher or {}).get("architecture")
+        source, meta = load_net(source_path, architecture, lmbda=lmbda)
+        try:
+            prune_into(source, self.net)
+        except ValueError as err:
+            raise ValueError(f"student.init={init}: {err}") from None
+        return meta["checkpoint"]
 
     def train(self, mode: bool = True) -> "CodecModule":
         super().train(mode)

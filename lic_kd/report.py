@@ -24,7 +24,7 @@ MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
 
 RATE_COLUMNS = ["lmbda", "bpp", "bpp_estimated"]  # left out of a report whose runs have no rate (autoencoders)
 RD_COLUMNS = [
-    "curve", "role", "architecture", "N", "M", "lmbda", "quality", "steps", "bpp", "bpp_estimated", "psnr", "ms_ssim",
+    "curve", "role", "architecture", "N", "M", "init", "lmbda", "quality", "steps", "seed", "bpp", "bpp_estimated", "psnr", "ms_ssim",
     "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
 ]
 # Columns for the figures and the complexity table that the RD table does not print.
@@ -83,11 +83,18 @@ def curve_label(run: dict[str, Any]) -> str:
     return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
 
 
+def _init_label(init: str | None) -> str:
+    """random, teacher, or the checkpoint a run started from (a fine-tuned ladder rung: its base run)."""
+    return init if init in (None, "random", "teacher") else Path(str(init)).name
+
+
 def curve_settings(run: dict[str, Any]) -> dict[str, Any]:
-    """What besides role and width makes a run's curve: KD weights, the objective's metric, the z teacher."""
+    """What besides role and width makes a run's curve: KD weights, the objective's metric, the z teacher,
+    the initialisation. Seeds are repeats of one curve, not curves of their own."""
     teacher = run.get("teacher") or {}
     return {**(run.get("loss_weights") or {}), **{k: v for k, v in (run.get("objective") or {}).items() if k != "lmbda"},
-            **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None}}
+            **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None},
+            "init": _init_label(run.get("init")) or "random"}
 
 
 def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -95,7 +102,8 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     for r in results:
         run, m = r["run"], r["metrics"]
         rows.append({
-            **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "run_dir")},
+            **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "seed", "run_dir")},
+            "init": _init_label(run.get("init")),
             "curve": curve_label(run),
             "weights": json.dumps(curve_settings(run), sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
@@ -220,6 +228,127 @@ def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: 
     return pd.DataFrame(rows, columns=columns)
 
 
+def mean_ci95(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    """(mean, half-width of the 95 % Student-t interval, n); no interval from a single value."""
+    from scipy import stats
+
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, None, n
+    return mean, float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n)), n
+
+
+def repeated_bd(anchor: pd.DataFrame, test: pd.DataFrame, method: str, rate: str, metric: str, paired: bool = False) -> dict[str, Any]:
+    """BD-rate and BD-PSNR of `test` against `anchor` once per seed of `test` (paired: against the anchor's
+    run of the same seed, when it has one), as mean, 95 % interval and n. One seed gives one value, no interval."""
+    values: dict[str, list[float]] = {"bd_rate_pct": [], "bd_psnr_db": []}
+    reasons, overlaps = [], []
+    for seed, runs in test.groupby(test["seed"].fillna(-1)):
+        base = anchor[anchor["seed"].fillna(-1) == seed] if paired else anchor
+        if base.empty:
+            reasons.append(f"seed {seed:g}: the anchor has no run of this seed")
+            continue
+        row = bd_row(curve_points(base, rate, metric), curve_points(runs, rate, metric), method)
+        for key in values:
+            if row[key] is not None:
+                values[key].append(row[key])
+        if row["reason"]:
+            reasons.append(row["reason"])
+        if row["overlap_dist"] is not None:
+            overlaps.append(row["overlap_dist"])
+    out: dict[str, Any] = {}
+    for key, vals in values.items():
+        out[key], out[f"{key}_ci95"], out[f"n_{key.split('_')[1]}"] = mean_ci95(vals)
+    out["n"] = max(out.pop("n_rate"), out.pop("n_psnr"))
+    out["overlap_dist"] = min(overlaps) if overlaps else None
+    out["reason"] = "; ".join(dict.fromkeys(reasons))
+    return out
+
+
+def verdict(mean: float | None, ci: float | None, n: int, better: str, worse: str) -> str:
+    """Whether a BD-rate difference is a difference: its 95 % interval must exclude 0."""
+    if mean is None:
+        return "no value"
+    if ci is None:
+        return f"{better if mean < 0 else worse} ({n} seed: no interval)"
+    if abs(mean) <= ci:
+        return f"no difference (95 % interval includes 0, n={n})"
+    return f"{better if mean < 0 else worse} (n={n})"
+
+
+def bd_with_repeats(df: pd.DataFrame, bd: pd.DataFrame, method: str, rate: str, metric: str) -> pd.DataFrame:
+    """The BD table's values as mean, 95 % interval and n over the seeds of each curve (against the anchor's
+    mean curve): repeats of one configuration are grouped, not treated as separate curves."""
+    rows = []
+    for row in bd.itertuples():
+        if row.anchor is None or pd.isna(row.anchor) or df.loc[df["curve"] == row.curve, "bpp"].isna().all():
+            continue
+        rows.append({"curve": row.curve, "anchor": row.anchor,
+                     **repeated_bd(df[df["curve"] == row.anchor], df[df["curve"] == row.curve], method, rate, metric)})
+    columns = ["curve", "anchor", "n", "bd_rate_pct", "bd_rate_pct_ci95", "bd_psnr_db", "bd_psnr_db_ci95", "overlap_dist", "reason"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def codec_comparison(df: pd.DataFrame, method: str, rate: str) -> pd.DataFrame:
+    """BD-rate of every teacher curve against every classical codec measured in the same report (same
+    images, real files): the credibility check of a learned codec. PSNR and MS-SSIM (dB)."""
+    rows = []
+    teachers = list(dict.fromkeys(df.loc[df["role"] == "teacher", "curve"]))
+    codecs = list(dict.fromkeys(df.loc[df["role"] == "codec", "curve"]))
+    for teacher in teachers:
+        for codec in codecs:
+            row = {"curve": teacher, "anchor": codec}
+            for metric, tag in (("psnr", "psnr"), ("ms_ssim_db", "ms_ssim")):
+                bd = bd_row(curve_points(df[df["curve"] == codec], rate, metric), curve_points(df[df["curve"] == teacher], rate, metric), method)
+                row |= {f"bd_rate_pct_{tag}": bd["bd_rate_pct"], f"overlap_{tag}": bd["overlap_dist"]}
+                if bd["reason"]:
+                    row[f"reason_{tag}"] = bd["reason"]
+            rows.append(row)
+    columns = ["curve", "anchor", "bd_rate_pct_psnr", "overlap_psnr", "bd_rate_pct_ms_ssim", "overlap_ms_ssim", "reason_psnr", "reason_ms_ssim"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate: str, metric: str) -> pd.DataFrame:
+    """What distillation buys, per width: each KD curve against the plain student of the same architecture,
+    widths, initialisation and budget, paired seed by seed (same data, same batches), beside what the width
+    saves against the teacher (decoder kMAC/px, parameters, decode fps). BD-rate < 0: KD saves rate."""
+    learned = df[df["role"].isin(["student", "kd"])]
+    t_rows = df[df["curve"] == teacher] if teacher is not None else df.iloc[0:0]
+    t_kmac = t_rows["kmac_decoder"].mean() if not t_rows.empty else float("nan")
+    t_params = t_rows["params"].mean() if not t_rows.empty else float("nan")
+    t_fps = t_rows["decoder_fps"].mean() if not t_rows.empty else float("nan")
+    rows = []
+    keys = ["architecture", "N", "M", "init", "steps"]
+    for key, group in learned.groupby(keys, dropna=False, sort=True):
+        plain = group[group["role"] == "student"]
+        for kd_curve, kd in group[group["role"] == "kd"].groupby("curve", sort=False):
+            row = dict(zip(keys, key)) | {"kd_curve": kd_curve, "plain_curve": plain["curve"].iloc[0] if not plain.empty else None}
+            if plain.empty:
+                rows.append(row | {"verdict": "no plain student of the same width, init and budget to pair with"})
+                continue
+            paired = repeated_bd(plain, kd, method, rate, metric, paired=True)
+            row |= {"n": paired["n"], "bd_rate_kd_vs_plain_pct": paired["bd_rate_pct"], "ci95": paired["bd_rate_pct_ci95"],
+                    "bd_psnr_kd_vs_plain_db": paired["bd_psnr_db"], "bd_psnr_ci95": paired["bd_psnr_db_ci95"],
+                    "verdict": verdict(paired["bd_rate_pct"], paired["bd_rate_pct_ci95"], paired["n"], "KD saves rate", "KD costs rate"),
+                    "reason": paired["reason"]}
+            if not t_rows.empty:
+                row["bd_rate_plain_vs_teacher_pct"] = repeated_bd(t_rows, plain, method, rate, metric)["bd_rate_pct"]
+                row["bd_rate_kd_vs_teacher_pct"] = repeated_bd(t_rows, kd, method, rate, metric)["bd_rate_pct"]
+            kmac, params, fps = kd["kmac_decoder"].mean(), kd["params"].mean(), kd["decoder_fps"].mean()
+            row |= {"kmac_decoder": kmac, "teacher_kmac_ratio": t_kmac / kmac if kmac else None, "params": params,
+                    "teacher_params_ratio": t_params / params if params else None, "decoder_fps": fps,
+                    "fps_vs_teacher": fps / t_fps if t_fps else None}
+            rows.append(row)
+    columns = keys + ["kd_curve", "plain_curve", "n", "bd_rate_kd_vs_plain_pct", "ci95", "bd_psnr_kd_vs_plain_db", "bd_psnr_ci95",
+                      "verdict", "bd_rate_plain_vs_teacher_pct", "bd_rate_kd_vs_teacher_pct", "kmac_decoder", "teacher_kmac_ratio",
+                      "params", "teacher_params_ratio", "decoder_fps", "fps_vs_teacher", "reason"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def to_markdown(df: pd.DataFrame, title: str, missing: Sequence[dict[str, str]] = ()) -> str:
     text = f"# {title}\n\n" + (df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no runs)") + "\n"
     if missing:
@@ -249,10 +378,17 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     complexity = complexity_table(rd)
     complexity.to_csv(out / "complexity.csv", index=False)
     (out / "bd_rate.md").write_text(to_markdown(bd, f"BD-rate ({method}, {rate} vs {metric}): {name}"))
+    extra = {
+        "bd_repeats": bd_with_repeats(rd, bd, method, rate, metric),
+        "teacher_vs_codecs": codec_comparison(rd, method, rate),
+        "distillation": distillation_table(rd, anchor or default_anchor(rd), method, rate, metric),
+    }
+    for table_name, table in extra.items():
+        table.to_csv(out / f"{table_name}.csv", index=False)
     for curve, points in rd[(rd["role"] != "reference") & rd["bpp"].notna()].groupby("curve"):
         export_curve(points, curve, out / "curves" / f"{safe_name(curve)}.json", f"lic_kd report {name}: Kodak, real bitstream bpp")
     if figures:
-        write_figures(rd, bd, complexity, missing, out, name, images_dir, warnings_md)
+        write_figures(rd, bd, complexity, missing, out, name, images_dir, warnings_md, extra)
     return out
 
 
@@ -268,7 +404,7 @@ def complexity_table(rd: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, missing: Sequence[dict[str, str]],
-                  out: Path, name: str, images_dir: Path, warnings_md: str = "") -> None:
+                  out: Path, name: str, images_dir: Path, warnings_md: str = "", extra: dict[str, pd.DataFrame] | None = None) -> None:
     """The figures, and report.md that shows every table and figure."""
     from lic_kd import figures
 
@@ -282,6 +418,9 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
     made["complexity_vs_width.png"] = figures.complexity_vs_width(rd, out / "complexity_vs_width.png")
     images = {p.name: p for p in images_dir.glob("*")} if images_dir.is_dir() else {}
     made["visual_comparison.png"] = figures.visual_comparison(rd, images, out / "visual_comparison.png")
+    extra = extra or {}
+    distill = extra.get("distillation", pd.DataFrame())
+    made["distillation.png"] = not distill.empty and figures.distillation(distill, out / "distillation.png")
     sections = [f"# lic_kd report: {name}\n"]
     if rated:
         sections += ["Bitrates are real: 8 x bytes of each coded file / original pixels, averaged over images.\n",
@@ -289,6 +428,25 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
                      "## BD-rate against decoder complexity\n",
                      "![BD-rate vs kMAC](bd_rate_vs_kmac.png)\n" if made["bd_rate_vs_kmac.png"] else "(no curve has a BD-rate value: see the table)\n",
                      bd.to_markdown(index=False, floatfmt=".4g") + "\n"]
+    codecs = extra.get("teacher_vs_codecs", pd.DataFrame())
+    if not codecs.empty:
+        sections += ["## Teachers against classical codecs (same images, real files)\n",
+                     "BD-rate (%) of each teacher curve against each codec's curve, bitstream bpp; negative: the teacher "
+                     "needs fewer bits for the same quality.\n",
+                     codecs.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g") + "\n"]
+    repeats = extra.get("bd_repeats", pd.DataFrame())
+    if not repeats.empty and (repeats["n"] > 1).any():
+        sections += ["## BD values over repeats (seeds)\n",
+                     "Mean over the seeds of each curve, 95 % Student-t interval (ci95: half-width), n seeds.\n",
+                     repeats.to_markdown(index=False, floatfmt=".4g") + "\n"]
+    if not distill.empty:
+        sections += ["## What distillation buys\n",
+                     "Each KD student against the plain student of the same width, initialisation and budget, paired seed "
+                     "by seed (same data and batches): BD-rate < 0 means KD saves rate at equal PSNR. Beside it, what the "
+                     "width saves against the teacher: decoder kMAC/px and parameters (teacher / student) and decode "
+                     "speed (student fps / teacher fps).\n",
+                     "![what distillation buys](distillation.png)\n" if made["distillation.png"] else "",
+                     distill.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g") + "\n"]
     if made["quality_vs_kmac.png"]:
         sections += ["## Autoencoders (no entropy model, no rate): quality against decoder complexity\n",
                      "![quality vs kMAC](quality_vs_kmac.png)\n",

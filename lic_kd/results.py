@@ -68,6 +68,7 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "loss_weights": loss if kind == "kd" else {},
         "kd_variant": None if kind != "kd" else ("hybrid" if teacher.get("z_checkpoint") else "single"),
         "teacher": meta.get("teacher"),
+        "init": meta.get("init") or "random",
         "steps": meta.get("steps"),
         "checkpoint": meta["checkpoint"],
     }

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
+from lic_kd.errors import run_cli
 from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, summary
 from lic_kd.models import load_net
 from lic_kd.module import CodecModule
@@ -61,6 +62,23 @@ def check_config(cfg: DictConfig) -> None:
                          f"(5 scales of 11x11 windows), got {crop}: set data.crop_size and data.val_crop_size to 192 or more")
 
 
+def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
+    """The checkpoint to resume from and its global step: last.ckpt, else best.ckpt. A file that cannot be
+    read (a run killed while writing it) is set aside under a new name, said in the log, and the next one
+    tried; with none left the run starts over."""
+    for name in ("last.ckpt", "best.ckpt"):
+        path = checkpoints / name
+        if not path.is_file():
+            continue
+        try:
+            return path, int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+        except Exception as err:  # truncated or damaged: torch raises many types
+            aside = path.with_name(f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            log.warning("%s cannot be read (%s: %s): set aside as %s", path, type(err).__name__, str(err)[:200], aside.name)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     results_path = run_dir / RESULTS_FILE
@@ -78,7 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler or None,
         role=cfg.role,
-        teacher=cfg.teacher if cfg.role == "kd" else None,
+        teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
+        init=cfg.student.get("init") or "random",
     )
     module.check_kd_shapes()
     datamodule = instantiate(cfg.data)
@@ -93,12 +112,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=[instantiate(c) for c in cfg.logger.values()],
         plugins=plugins,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        done = torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0) // module.optimizer_steps_per_batch
-        log.info("resuming from %s at batch %d of %d", last, done, cfg.steps)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
-    trainer.save_checkpoint(last)  # the final batches may postdate the last validation
+    resume = resume_checkpoint(run_dir / "checkpoints")
+    if resume is not None:
+        log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // module.optimizer_steps_per_batch, cfg.steps)
+    # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final batches may postdate the last validation
 
     net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
     log.info("evaluating %d images with %s", len(datamodule.eval_paths), meta["checkpoint"])
@@ -131,4 +150,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

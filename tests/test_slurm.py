@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from datetime import datetime
 
 import pandas as pd
@@ -27,9 +28,8 @@ pytestmark = pytest.mark.skipif(
     reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` (scripts/slurm-local.sh up, as root)",
 )
 
-# What a 2-core test node can give; everything else is the launcher=slurm default a user gets.
-SLURM = ["launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10",
-         "data.num_workers=0"]
+# The preset for the repository's own cluster, as a user runs it (one CPU and 2 GB per job).
+SLURM = ["launcher=slurm_local", "hydra.launcher.timeout_min=10"]
 
 
 def sacct(job_id: str) -> pd.DataFrame:
@@ -81,8 +81,38 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes(tmp_path):
     assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
     (job,) = job_ids(sweep)
     states = sacct(job.split("_")[0])["state"].tolist()
-    assert states[-1] == "COMPLETED" and states.count("REQUEUED") >= 1
-    # every attempt after the first resumed from last.ckpt, further along each time, instead of starting over
+    assert states.count("REQUEUED") >= 1
+    # The final SLURM state is not asserted: on a busy machine the last attempt can finish (results.json
+    # written, the sweep succeeded) just as the time-limit signal arrives, and SLURM then records TIMEOUT or
+    # one more requeue, whose attempt finds results.json and does nothing. What matters is asserted: every
+    # attempt after the first resumed from last.ckpt, further along each time, instead of starting over.
     resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 1200", (run / "train.log").read_text())]
-    assert len(resumed_at) == states.count("REQUEUED")
+    assert 1 <= len(resumed_at) <= states.count("REQUEUED")
     assert resumed_at[0] > 0 and resumed_at == sorted(resumed_at)
+
+
+def test_an_impossible_request_is_an_error_before_anything_is_submitted(tmp_path):
+    """launcher=slurm's defaults (8 CPUs, 32 GB per job) on this 2-CPU node: one line, at once, no job."""
+    sweep = tmp_path / "sweep"
+    start = time.monotonic()
+    proc = train("-m", "launcher=slurm", "student.N=8,16", f"hydra.sweep.dir={sweep}", check=False, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "hydra.launcher.cpus_per_task=8 x tasks_per_node=1 needs 8 CPUs on a node, but the largest node of partition" in proc.stderr
+    assert not (sweep / ".submitit").exists() and elapsed < 60
+
+
+def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled(tmp_path):
+    """The watcher a sweep runs while it waits: a job SLURM holds for PartitionConfig is cancelled, with the reason."""
+    from lic_kd.slurm import JobWatcher
+
+    job = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=64", "--mem=100M", "--wrap", "sleep 1"],
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    (tmp_path / ".submitit" / f"{job}_0").mkdir(parents=True)  # submitit's layout: one folder per job
+    watcher = JobWatcher(tmp_path / ".submitit", n_jobs=1, poll_s=1)
+    watcher.start()
+    watcher.join(timeout=60)
+    assert watcher.fatal and f"SLURM job {job} is pending with reason PartitionConfig" in watcher.fatal
+    time.sleep(2)
+    queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    assert queued in ("", "CANCELLED")

@@ -126,6 +126,8 @@ def bad_run(tmp_path, *args):
     proc = train(f"hydra.run.dir={tmp_path / 'bad'}", *args, check=False, timeout=300)
     assert proc.returncode != 0
     assert "Trainer.fit" not in proc.stdout + proc.stderr  # failed before any training
+    # one line a person reads, no traceback unless asked (HYDRA_FULL_ERROR=1)
+    assert "Traceback" not in proc.stderr and proc.stderr.rstrip().splitlines()[-2].startswith("error: ")
     return proc.stdout + proc.stderr
 
 

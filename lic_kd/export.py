@@ -1,0 +1,59 @@
+"""`python -m lic_kd.export RUN_DIR_OR_CKPT OUT.pth.tar`: a trained network in CompressAI's own format.
+
+The file holds the network's state dict alone (no `net.` prefix, no optimizer), with the CDF tables updated,
+and is renamed `<stem>-<sha256[:8]>.pth.tar` as CompressAI's `update_model` names its files, so that
+`python -m compressai.utils.eval_model checkpoint IMAGES -a ARCH -p FILE` reads it."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# lic_kd model class -> CompressAI's architecture name (eval_model's -a)
+COMPRESSAI_NAMES = {
+    "FactorizedPrior": "bmshj2018-factorized",
+    "ScaleHyperprior": "bmshj2018-hyperprior",
+    "MeanScaleHyperprior": "mbt2018-mean",
+    "JointAutoregressiveHierarchicalPriors": "mbt2018",
+}
+
+
+def export_compressai(net: nn.Module, out: Path) -> Path:
+    """Write `net` as CompressAI does; returns the final path (named with its sha256 prefix)."""
+    from lic_kd.codec import prepare_for_coding
+
+    out = Path(out)
+    stem = next((out.name[: -len(s)] for s in (".pth.tar", ".pth", ".tar") if out.name.endswith(s)), out.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{stem}.tmp"
+    torch.save(prepare_for_coding(net).state_dict(), tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    final = out.parent / f"{stem}-{digest[:8]}.pth.tar"
+    tmp.replace(final)
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    from lic_kd.models import CheckpointError, load_net
+
+    parser = argparse.ArgumentParser(prog="python -m lic_kd.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="lic_kd run directory or .ckpt (or a ladder dir with --lmbda)")
+    parser.add_argument("out", type=Path, help="output file; its name gets the sha256 prefix, as CompressAI names files")
+    parser.add_argument("--lmbda", type=float, default=None, help="the run of a sweep dir or the rung of a ladder")
+    args = parser.parse_args(argv)
+    try:
+        net, _ = load_net(args.checkpoint, lmbda=args.lmbda)
+    except CheckpointError as err:
+        parser.exit(2, f"error: {err}\n")
+    path = export_compressai(net, args.out)
+    arch = COMPRESSAI_NAMES.get(type(net).__name__, type(net).__name__)
+    print(f"{path}\nread it with: python -m compressai.utils.eval_model checkpoint IMAGES -a {arch} -p {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Teacher ladders: trained networks at several lambdas, shipped as CompressAI-format weights with their
+provenance, and named like a sweep directory (`teacher.checkpoint=teachers/NAME`: each run takes the rung
+of its own lambda).
+
+A ladder directory holds `ladder.json` (architecture, widths, the exact command, commit, data, machine, and
+per rung: lambda, file, sha256, steps, seed, wall time and the Kodak metrics of its evaluation run),
+`SHA256SUMS`, and one `<name>-<sha256[:8]>.pth.tar` per rung: the network's state dict with its CDF tables
+updated, as CompressAI's `update_model` writes it, so CompressAI's own tools read it. Loading checks the
+hash.
+
+`python -m lic_kd.ladder SWEEP_DIR OUT_DIR --command "..."` builds one from a finished sweep of teachers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LADDER_FILE = "ladder.json"
+
+
+class LadderError(ValueError):
+    """A ladder that is incomplete, damaged or has no rung at the lambda asked for."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_ladder(path: str | Path) -> bool:
+    """A ladder directory, or one of the weights files in it."""
+    path = Path(path)
+    return (path / LADDER_FILE).is_file() or (path.is_file() and (path.parent / LADDER_FILE).is_file())
+
+
+def read_ladder(root: str | Path) -> dict[str, Any]:
+    return json.loads((Path(root) / LADDER_FILE).read_text())
+
+
+def ladder_rung(root: str | Path, lmbda: float | None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(weights file, ladder, rung) of the rung trained at `lmbda` (the only one when lmbda is None), or of
+    the ladder's weights file `root` names, after checking the file's sha256 against the ladder's record."""
+    root = Path(root)
+    file = None
+    if root.is_file():
+        root, file = root.parent, root.name
+    ladder = read_ladder(root)
+    rungs = ladder["rungs"]
+    lambdas = ", ".join(f"{r['lmbda']:g}" for r in rungs)
+    if file is not None:
+        matches = [r for r in rungs if r["file"] == file]
+        if not matches:
+            raise LadderError(f"{root / file} is not one of the weights files {LADDER_FILE} records")
+        rung = matches[0]
+    elif lmbda is None:
+        if len(rungs) != 1:
+            raise LadderError(f"ladder {root} has rungs at lmbda {lambdas}: name one (lmbda=...)")
+        rung = rungs[0]
+    else:
+        matches = [r for r in rungs if math.isclose(r["lmbda"], lmbda, rel_tol=1e-9)]
+        if not matches:
+            raise LadderError(f"ladder {root} has no teacher at lmbda={lmbda:g}; its rungs: {lambdas}")
+        rung = matches[0]
+    path = root / rung["file"]
+    if not path.is_file():
+        raise LadderError(f"ladder {root}: weights file {rung['file']} is missing")
+    digest = sha256(path)
+    if digest != rung["sha256"]:
+        raise LadderError(f"{path} is damaged: sha256 {digest[:12]}... but {LADDER_FILE} records {rung['sha256'][:12]}...")
+    return path, ladder, rung
+
+
+def rung_meta(ladder: dict[str, Any], rung: dict[str, Any]) -> dict[str, Any]:
+    """What load_net reports of a ladder rung, shaped like a lic_kd checkpoint's own record."""
+    return {
+        "role": "teacher",
+        "loss": {"_target_": "lic_kd.losses.make_rd_loss", "lmbda": rung["lmbda"], "metric": ladder.get("metric", "mse")},
+        "teacher": None,
+        "init": rung.get("init"),
+        "steps": rung.get("steps_total"),
+        "shipped_kodak": rung.get("kodak"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _machine() -> dict[str, Any]:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), None) \
+        if Path("/proc/cpuinfo").is_file() else None
+    return {"host": platform.node(), "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_dir: Path | None = None) -> dict[str, Any]:
+    """Export every finished run of a teacher sweep into a ladder directory (weights, ladder.json, SHA256SUMS)."""
+    from lic_kd.export import export_compressai
+    from lic_kd.models import load_net
+    from lic_kd.results import read_results
+
+    runs = sorted((read_results(p) for p in Path(sweep_dir).glob("*/results.json")), key=lambda r: r["run"]["lmbda"])
+    if not runs:
+        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+    base = read_results(base_dir / "results.json") if base_dir else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.pth.tar"):
+        old.unlink()
+    rungs = []
+    for r in runs:
+        run = r["run"]
+        net, _ = load_net(run["run_dir"])
+        path = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
+        file, digest = path.name, sha256(path)
+        base_steps = (base or {}).get("run", {}).get("steps") or 0
+        rungs.append({
+            "lmbda": run["lmbda"], "file": file, "sha256": digest, "seed": run.get("seed"),
+            "steps_base": base_steps or None, "steps_finetune": run.get("steps"), "steps_total": base_steps + (run.get("steps") or 0),
+            "wall_time_s": round(r["wall_time_s"] + ((base or {}).get("wall_time_s") or 0), 1),
+            "init": "base" if base else None,
+            "kodak": {k: r["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+        })
+    first = runs[0]["run"]
+    net_cfg = torch.load(Path(first["checkpoint"]), map_location="cpu", weights_only=False)["hyper_parameters"]["net"]
+    ladder = {
+        "name": name,
+        "architecture": net_cfg["_target_"],
+        **{k: v for k, v in net_cfg.items() if k != "_target_"},
+        "metric": (first.get("objective") or {}).get("metric", "mse"),
+        "command": command,
+        "commit": _git_commit(),
+        "data": {"train": _train_dirs(Path(first["run_dir"])), "evaluation": "Kodak (24 images), coded for real, never trained on"},
+        "machine": _machine(),
+        "rungs": rungs,
+    }
+    (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
+    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in rungs))
+    return ladder
+
+
+def _train_dirs(run_dir: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    train = cfg.data.train_dir
+    names = [str(d).split("/")[-1] for d in (train if not isinstance(train, str) else [train])]
+    return {"folders": names, "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ship a finished sweep of teachers as a ladder (weights + provenance)")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--name", default=None, help="file name stem (default: the out_dir's name)")
+    parser.add_argument("--base", type=Path, default=None, help="run dir of the base teacher the rungs were fine-tuned from")
+    parser.add_argument("--command", required=True, help="the exact command that trained the ladder")
+    args = parser.parse_args()
+    ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base)
+    for r in ladder["rungs"]:
+        k = r["kodak"]
+        print(f"lmbda {r['lmbda']:<7g} bpp {k['bpp']:.4f}  PSNR {k['psnr']:.2f} dB  MS-SSIM {k['ms_ssim']:.4f}  {r['file']}")
+
+
+if __name__ == "__main__":
+    main()

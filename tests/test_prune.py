@@ -1,0 +1,76 @@
+"""Channel pruning (student.init=teacher): the kept channels are the filters of largest L1 norm, consistent
+through GDN/IGDN, the hyperprior and the entropy bottleneck."""
+
+import pytest
+import torch
+from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from torch import nn
+
+from lic_kd.prune import most_important, prune_into
+
+
+def _silence_channels(net: nn.Module, keep: int) -> None:
+    """Zero every hidden channel beyond the first `keep` of each N-wide layer: its filter, its bias, and its
+    weights in the layer that reads it. Such a network computes exactly what its first `keep` channels do."""
+    with torch.no_grad():
+        for seq in (net.g_a, net.g_s, net.h_a, net.h_s):
+            layers = [m for m in seq if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+            for i, layer in enumerate(layers):
+                transposed = isinstance(layer, nn.ConvTranspose2d)
+                out_dim, in_dim = (1, 0) if transposed else (0, 1)
+                if i < len(layers) - 1 and layer.weight.shape[out_dim] == net.N:  # a hidden N-wide output
+                    layer.weight.narrow(out_dim, keep, net.N - keep).zero_()
+                    layer.bias[keep:].zero_()
+                if layer.weight.shape[in_dim] == net.N and not (seq is net.h_s and i == 0):
+                    layer.weight.narrow(in_dim, keep, net.N - keep).zero_()
+        # z: the last h_a layer's outputs beyond keep, and h_s's first layer's inputs from them
+        net.h_a[-1].weight[keep:].zero_()
+        net.h_a[-1].bias[keep:].zero_()
+        net.h_s[0].weight[keep:].zero_()
+
+
+def test_pruning_away_silent_channels_changes_nothing():
+    torch.manual_seed(0)
+    wide = ScaleHyperprior(16, 24).eval()
+    _silence_channels(wide, keep=8)
+    thin = ScaleHyperprior(8, 24).eval()
+    prune_into(wide, thin)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(thin(x)["x_hat"], wide(x)["x_hat"], atol=1e-5)
+    # the entropy bottleneck kept the densities of the kept z channels
+    assert torch.equal(thin.entropy_bottleneck.quantiles, wide.entropy_bottleneck.quantiles[:8])
+
+
+def test_kept_channels_are_the_largest_filters_in_original_order():
+    conv = nn.Conv2d(2, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 5.0, 0.5, 3.0])[:, None, None, None].expand(4, 2, 1, 1))
+    assert most_important(conv, 2).tolist() == [1, 3]
+    deconv = nn.ConvTranspose2d(2, 3, 1, bias=False)
+    with torch.no_grad():
+        deconv.weight.copy_(torch.tensor([2.0, 0.1, 4.0])[None, :, None, None].expand(2, 3, 1, 1))
+    assert most_important(deconv, 2).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("cls", [ScaleHyperprior, MeanScaleHyperprior, FactorizedPrior])
+def test_equal_widths_copy_and_narrower_widths_run(cls):
+    torch.manual_seed(0)
+    source = cls(32, 48).eval()
+    copy, thin = cls(32, 48).eval(), cls(8, 32).eval()
+    prune_into(source, copy)
+    prune_into(source, thin)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(copy(x)["x_hat"], source(x)["x_hat"])
+        assert thin(x)["x_hat"].shape == x.shape
+    # GDN's gamma keeps the rows and columns of the kept channels
+    kept = most_important(source.g_a[0], 8)
+    assert torch.equal(thin.g_a[1].gamma, source.g_a[1].gamma[kept][:, kept])
+
+
+def test_wider_or_other_family_is_an_error():
+    with pytest.raises(ValueError, match="widths must be at most"):
+        prune_into(ScaleHyperprior(8, 16), ScaleHyperprior(16, 16))
+    with pytest.raises(ValueError, match="same family"):
+        prune_into(ScaleHyperprior(8, 16), MeanScaleHyperprior(8, 16))

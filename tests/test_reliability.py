@@ -1,0 +1,47 @@
+"""Nothing lost, nothing repeated: a run killed while writing a checkpoint or during its evaluation finishes
+on the next run of the same command, and the same command gives the same metrics."""
+
+import json
+
+import pytest
+
+from conftest import train
+
+QUALITY = ("bpp", "bpp_estimated", "psnr", "ms_ssim")
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    train("steps=8", "val_every=4", f"hydra.run.dir={run}")
+    (run / "results.json").unlink()  # as if the process had been killed ...
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # ... while writing last.ckpt
+    proc = train("steps=12", "val_every=4", f"hydra.run.dir={run}")
+    out = proc.stdout + proc.stderr
+    assert f"{last} cannot be read" in out and "set aside as last.ckpt.damaged-" in out
+    assert f"resuming from {run / 'checkpoints' / 'best.ckpt'} at batch" in out
+    assert len(list(last.parent.glob("last.ckpt.damaged-*"))) == 1
+    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 12
+
+
+def test_a_run_killed_during_evaluation_evaluates_without_training_again(tmp_path):
+    run = tmp_path / "run"
+    train("steps=6", "val_every=3", f"hydra.run.dir={run}")
+    first = metrics(run)
+    (run / "results.json").unlink()  # results.json is the last thing a run writes
+    proc = train("steps=6", "val_every=3", f"hydra.run.dir={run}")
+    assert "at batch 6 of 6" in proc.stdout + proc.stderr  # resumed at its end: nothing left to train
+    assert {k: metrics(run)[k] for k in QUALITY} == {k: first[k] for k in QUALITY}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_same_command_twice_gives_the_same_metrics(tmp_path, workers):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train("steps=6", "val_every=3", f"data.num_workers={workers}", f"hydra.run.dir={run}")
+    a, b = (metrics(run) for run in runs)
+    assert {k: a[k] for k in QUALITY} == {k: b[k] for k in QUALITY}
