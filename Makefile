@@ -13,8 +13,9 @@ DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
 # The shipped teacher ladder (make teachers rebuilds it): KD runs take the rung of their own lambda.
 TEACHERS ?= teachers/bmshj2018-hyperprior-N64-M96
 TEACHERS_RUN_DIR ?= outputs/teachers
-TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013
+TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013,0.0009  # a new rung goes last: sweep job numbers name the run dirs
 TEACHER_OVERRIDES ?=
+TEACHER_NOTE ?=
 TEACHER_BASE_CMD = $(PY) -m lic_kd.train experiment=teacher_ladder $(TEACHER_OVERRIDES) hydra.run.dir=$(TEACHERS_RUN_DIR)/base
 TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune lmbda=$(TEACHER_LAMBDAS) \
 	student.init=$(TEACHERS_RUN_DIR)/base $(TEACHER_OVERRIDES) hydra.sweep.dir=$(TEACHERS_RUN_DIR)/ladder
@@ -44,7 +45,7 @@ test-all: install
 # student takes the teacher of its own lambda), all coded on Kodak, then the report. Re-running resumes:
 # finished runs are skipped, interrupted ones continue from their last checkpoint.
 demo: install codecs
-	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(DEMO_LAMBDAS) hydra.sweep.dir=$(DEMO_DIR)/teachers
+	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) hydra.sweep.dir=$(DEMO_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) lmbda=$(DEMO_LAMBDAS) \
 		student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
 	$(MAKE) report
@@ -56,7 +57,7 @@ teachers: install
 	$(TEACHER_BASE_CMD)
 	$(TEACHER_RUNGS_CMD)
 	$(PY) -m lic_kd.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base \
-		--command "$(TEACHER_BASE_CMD) && $(TEACHER_RUNGS_CMD)"
+		--command "$(TEACHER_BASE_CMD) && $(TEACHER_RUNGS_CMD)" $(if $(TEACHER_NOTE),--note "$(TEACHER_NOTE)")
 
 # The longer study on the shipped ladder: students of every width below the teacher's, plain and KD, from random
 # and from teacher initialisation, at every lambda of the ladder, over seeds; the report answers "what
@@ -87,7 +88,7 @@ report: install
 
 figures: report
 
-# Every model family at the demo budget (300 batches, N=64, M=96; cheng2020 has N only), one lambda, coded on
+# Every model family at the demo budget (200 batches, N=64, M=96; cheng2020 has N only), one lambda, coded on
 # Kodak, in one report (one point per family: the BD table stays empty, the RD table is the comparison).
 FAMILIES ?= bmshj2018-factorized,bmshj2018-hyperprior,mbt2018-mean,mbt2018,cheng2020-anchor-checkerboard
 families: install

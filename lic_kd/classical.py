@@ -23,7 +23,8 @@ from lic_kd.results import RESULTS_FILE, environment, write_json_atomic
 
 # name -> (file suffix, Pillow feature that must be present, save kwargs for one quality value, ladder)
 CODECS: dict[str, tuple[str, str, Callable[[int], dict[str, Any]], Sequence[int]]] = {
-    "JPEG": (".jpg", "jpg", lambda q: {"format": "JPEG", "quality": q}, (5, 10, 20, 30, 50, 70, 85, 95)),
+    # JPEG down to quality 3: the low rates (0.2-0.5 bpp on Kodak) where learned codecs are compared with it
+    "JPEG": (".jpg", "jpg", lambda q: {"format": "JPEG", "quality": q}, (3, 5, 10, 15, 20, 30, 50, 70, 85, 95)),
     "WebP": (".webp", "webp", lambda q: {"format": "WEBP", "quality": q, "method": 6}, (5, 10, 20, 30, 50, 70, 85, 95)),
     # JPEG 2000 quality is a target PSNR in dB (OpenJPEG's fixed-quality mode)
     "JPEG2000": (".jp2", "jpg_2000", lambda q: {"format": "JPEG2000", "quality_mode": "dB", "quality_layers": [q]}, (26, 28, 30, 32, 34, 36, 38, 40)),

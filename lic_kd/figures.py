@@ -245,7 +245,8 @@ def distillation(table: pd.DataFrame, path: Path) -> bool:
     if rows.empty:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [f"N={int(r.N)}\n{r.init}" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "") for r in rows.itertuples()]
+    labels = [f"N={int(r.N)}\ninit={r.init}\nn={int(r.n)} seed(s)" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "")
+              for r in rows.itertuples()]
     colors = ["tab:red" if v > 0 else "tab:green" for v in rows["bd_rate_kd_vs_plain_pct"]]
     axes[0].bar(range(len(rows)), rows["bd_rate_kd_vs_plain_pct"], yerr=rows["ci95"].fillna(0), capsize=4, color=colors)
     axes[0].axhline(0, color="black", linewidth=0.8)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def ladder_rung(root: str | Path, lmbda: float | None) -> tuple[Path, dict[str, 
     rungs = ladder["rungs"]
     lambdas = ", ".join(f"{r['lmbda']:g}" for r in rungs)
     if file is not None:
-        matches = [r for r in rungs if r["file"] == file]
+        matches = [r for r in rungs + [ladder.get("base") or {}] if r.get("file") == file]
         if not matches:
             raise LadderError(f"{root / file} is not one of the weights files {LADDER_FILE} records")
         rung = matches[0]
@@ -113,7 +114,24 @@ def _machine() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_dir: Path | None = None) -> dict[str, Any]:
+def _first_log_time(run_dir: Path) -> float:
+    """When a run started: the first timestamp of its log (Hydra appends a resumed run's lines)."""
+    from datetime import datetime
+
+    log_file = run_dir / "train.log"
+    match = re.search(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log_file.read_text(errors="replace"), re.M) if log_file.is_file() else None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp() if match else (run_dir / "results.json").stat().st_mtime
+
+
+def _resumes(run_dir: Path) -> list[int]:
+    """The batches at which a run was resumed (from its log): the segments it was trained in."""
+    log_file = run_dir / "train.log"
+    text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+    return sorted(set(int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of", text)))
+
+
+def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_dir: Path | None = None,
+                 note: str | None = None) -> dict[str, Any]:
     """Export every finished run of a teacher sweep into a ladder directory (weights, ladder.json, SHA256SUMS)."""
     from lic_kd.export import export_compressai
     from lic_kd.models import load_net
@@ -126,6 +144,16 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.pth.tar"):
         old.unlink()
+    base_record, base_wall = None, 0.0
+    if base is not None:
+        # elapsed from the run's first log line to its results, resumed segments included
+        base_wall = (base_dir / "results.json").stat().st_mtime - _first_log_time(base_dir)
+        net, _ = load_net(base_dir)
+        path = export_compressai(net, out_dir / f"{name}-base-lmbda{base['run']['lmbda']:g}.pth.tar")
+        base_record = {"lmbda": base["run"]["lmbda"], "file": path.name, "sha256": sha256(path), "seed": base["run"].get("seed"),
+                       "steps_total": base["run"].get("steps"), "wall_time_s": round(base_wall, 1),
+                       "resumed_at_batches": _resumes(base_dir),
+                       "kodak": {k: base["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")}}
     rungs = []
     for r in runs:
         run = r["run"]
@@ -136,7 +164,7 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
         rungs.append({
             "lmbda": run["lmbda"], "file": file, "sha256": digest, "seed": run.get("seed"),
             "steps_base": base_steps or None, "steps_finetune": run.get("steps"), "steps_total": base_steps + (run.get("steps") or 0),
-            "wall_time_s": round(r["wall_time_s"] + ((base or {}).get("wall_time_s") or 0), 1),
+            "wall_time_s": round(r["wall_time_s"] + base_wall, 1),  # the rung's own run plus its base's
             "init": "base" if base else None,
             "kodak": {k: r["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
         })
@@ -151,10 +179,13 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
         "commit": _git_commit(),
         "data": {"train": _train_dirs(Path(first["run_dir"])), "evaluation": "Kodak (24 images), coded for real, never trained on"},
         "machine": _machine(),
+        "notes": note,
+        "base": base_record,
         "rungs": rungs,
     }
     (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
-    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in rungs))
+    files = rungs + ([base_record] if base_record else [])
+    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in files))
     return ladder
 
 
@@ -174,8 +205,9 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="file name stem (default: the out_dir's name)")
     parser.add_argument("--base", type=Path, default=None, help="run dir of the base teacher the rungs were fine-tuned from")
     parser.add_argument("--command", required=True, help="the exact command that trained the ladder")
+    parser.add_argument("--note", default=None, help="anything else a reader of the provenance should know")
     args = parser.parse_args()
-    ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base)
+    ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note)
     for r in ladder["rungs"]:
         k = r["kodak"]
         print(f"lmbda {r['lmbda']:<7g} bpp {k['bpp']:.4f}  PSNR {k['psnr']:.2f} dB  MS-SSIM {k['ms_ssim']:.4f}  {r['file']}")

@@ -86,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s exists: this run is complete, nothing to do", results_path)
         return read_results(results_path)
     start = time.perf_counter()
+    log.info("run %s: %s, %d batches, seed %d", run_dir, cfg.role, cfg.steps, cfg.seed)  # a resumed run appends its segments
     L.seed_everything(cfg.seed, workers=True)
 
     # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.

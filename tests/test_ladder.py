@@ -28,7 +28,9 @@ def teacher_sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ladder(teacher_sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("shipped") / "smoke-ladder"
-    proc = run_module("lic_kd.ladder", str(teacher_sweep), str(out), "--command", "python -m lic_kd.train -m role=teacher ...")
+    # the first teacher stands in for the base that a real ladder's rungs are fine-tuned from
+    proc = run_module("lic_kd.ladder", str(teacher_sweep), str(out), "--base", str(teacher_sweep / "0"),
+                      "--command", "python -m lic_kd.train -m role=teacher ...", "--note", "smoke")
     assert "lmbda 0.005" in proc.stdout and "lmbda 0.05" in proc.stdout
     return out
 
@@ -39,6 +41,11 @@ def test_ladder_records_provenance_and_hashes(ladder, teacher_sweep):
     assert record["command"].startswith("python -m lic_kd.train") and record["machine"]["cores"] >= 1
     assert record["data"]["train"]["folders"] == ["cbsd68"]
     assert [r["lmbda"] for r in record["rungs"]] == [0.005, 0.05]
+    base = record["base"]
+    assert base["file"].startswith("smoke-ladder-base-lmbda") and base["steps_total"] == 40 and record["notes"] == "smoke"
+    assert f"{base['sha256']}  {base['file']}" in (ladder / "SHA256SUMS").read_text()
+    net, _ = load_net(ladder / base["file"])  # what continuing the base (student.init=FILE) loads
+    assert net.N == 8
     sums = (ladder / "SHA256SUMS").read_text().splitlines()
     for rung, line in zip(record["rungs"], sums):
         path = ladder / rung["file"]
