@@ -64,7 +64,7 @@ teachers: install
 # distillation buys" with 95 % intervals. The same target runs on SLURM: make study STUDY_LAUNCHER=slurm.
 STUDY_DIR ?= outputs/study
 STUDY_WIDTHS ?= 16,32,48
-STUDY_LAMBDAS ?= $(TEACHER_LAMBDAS)
+STUDY_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013
 STUDY_SEEDS ?= 1,2,3
 STUDY_LAUNCHER ?= basic
 study: install codecs
@@ -76,8 +76,9 @@ study: install codecs
 
 # JPEG, WebP, JPEG 2000 and AVIF (Pillow) at their quality ladders on Kodak: real files, same metrics.
 CODEC_POINTS ?= 5
+CODECS ?= JPEG,WebP  # the demo's; add JPEG2000,AVIF for the full comparison (about 1.5 minutes more)
 codecs: install
-	$(PY) -m lic_kd.classical --out $(DEMO_DIR)/codecs --points $(CODEC_POINTS)
+	$(PY) -m lic_kd.classical --out $(DEMO_DIR)/codecs --points $(CODEC_POINTS) --codecs $(CODECS)
 
 # make report SWEEPS="outputs/multirun/A outputs/multirun/B" NAME=my_study [ANCHOR=JPEG]
 # Tables, BD-rate, figures and report.md into multirun_reports/NAME/.
