@@ -7,7 +7,6 @@ and is renamed `<stem>-<sha256[:8]>.pth.tar` as CompressAI's `update_model` name
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import torch
@@ -22,19 +21,20 @@ COMPRESSAI_NAMES = {
 }
 
 
-def export_compressai(net: nn.Module, out: Path) -> Path:
-    """Write `net` as CompressAI does; returns the final path (named with its sha256 prefix)."""
+def export_compressai(net: nn.Module, out: Path) -> tuple[Path, str]:
+    """Write `net` as CompressAI does; returns the final path (named with its sha256 prefix) and its sha256."""
     from lic_kd.codec import prepare_for_coding
+    from lic_kd.ladder import sha256
 
     out = Path(out)
     stem = next((out.name[: -len(s)] for s in (".pth.tar", ".pth", ".tar") if out.name.endswith(s)), out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{stem}.tmp"
     torch.save(prepare_for_coding(net).state_dict(), tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    digest = sha256(tmp)
     final = out.parent / f"{stem}-{digest[:8]}.pth.tar"
     tmp.replace(final)
-    return final
+    return final, digest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         net, _ = load_net(args.checkpoint, lmbda=args.lmbda)
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
-    path = export_compressai(net, args.out)
+    path, _ = export_compressai(net, args.out)
     arch = COMPRESSAI_NAMES.get(type(net).__name__, type(net).__name__)
     print(f"{path}\nread it with: python -m compressai.utils.eval_model checkpoint IMAGES -a {arch} -p {path}")
 

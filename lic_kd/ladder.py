@@ -149,8 +149,8 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
         # elapsed from the run's first log line to its results, resumed segments included
         base_wall = (base_dir / "results.json").stat().st_mtime - _first_log_time(base_dir)
         net, _ = load_net(base_dir)
-        path = export_compressai(net, out_dir / f"{name}-base-lmbda{base['run']['lmbda']:g}.pth.tar")
-        base_record = {"lmbda": base["run"]["lmbda"], "file": path.name, "sha256": sha256(path), "seed": base["run"].get("seed"),
+        path, digest = export_compressai(net, out_dir / f"{name}-base-lmbda{base['run']['lmbda']:g}.pth.tar")
+        base_record = {"lmbda": base["run"]["lmbda"], "file": path.name, "sha256": digest, "seed": base["run"].get("seed"),
                        "steps_total": base["run"].get("steps"), "wall_time_s": round(base_wall, 1),
                        "resumed_at_batches": _resumes(base_dir),
                        "kodak": {k: base["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")}}
@@ -158,8 +158,8 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
     for r in runs:
         run = r["run"]
         net, _ = load_net(run["run_dir"])
-        path = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
-        file, digest = path.name, sha256(path)
+        path, digest = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
+        file = path.name
         base_steps = (base or {}).get("run", {}).get("steps") or 0
         rungs.append({
             "lmbda": run["lmbda"], "file": file, "sha256": digest, "seed": run.get("seed"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -15,7 +14,7 @@ from compressai.models import CompressionModel, FactorizedPrior, ScaleHyperprior
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from lic_kd.ladder import LadderError, is_ladder, ladder_rung, rung_meta
+from lic_kd.ladder import LadderError, is_ladder, ladder_rung, rung_meta, sha256
 
 
 class CheckpointError(ValueError):
@@ -111,7 +110,7 @@ def zoo_file(spec: str) -> tuple[Path, str]:
 def check_zoo_hash(path: Path) -> None:
     """A file named like CompressAI's zoo weights must hash to the 8 hex digits in its name."""
     match = ZOO_FILE.search(path.name)
-    if match and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(match.group(1)):
+    if match and not sha256(path).startswith(match.group(1)):
         raise CheckpointError(f"{path} does not match the sha256 prefix {match.group(1)} in its name: damaged or not that file")
 
 

@@ -60,7 +60,7 @@ class CodecModule(L.LightningModule):
             raise ValueError(f"{type(self.net).__name__} {'has an' if self.has_entropy_model else 'has no'} entropy model: "
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
-        self.init_source = self._initialise(init, teacher, getattr(task, "lmbda", None))
+        self._initialise(init, teacher, getattr(task, "lmbda", None))
         self.teacher = self.z_teacher = None
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
@@ -71,23 +71,22 @@ class CodecModule(L.LightningModule):
                     raise ValueError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
                 self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
 
-    def _initialise(self, init: str, teacher: dict | None, lmbda: float | None) -> str | None:
+    def _initialise(self, init: str, teacher: dict | None, lmbda: float | None) -> None:
         """Start from trained weights: the teacher's (its most important channels when this network is
         narrower) or any checkpoint's. Resuming overwrites them with last.ckpt, as it should."""
         if init in (None, "random"):
-            return None
+            return
         if init == "teacher":
             if not teacher or not teacher.get("checkpoint"):
                 raise ValueError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
             source_path, architecture = teacher["checkpoint"], teacher.get("architecture")
         else:
             source_path, architecture = init, (teacher or {}).get("architecture")
-        source, meta = load_net(source_path, architecture, lmbda=lmbda)
+        source, _ = load_net(source_path, architecture, lmbda=lmbda)
         try:
             prune_into(source, self.net)
         except ValueError as err:
             raise ValueError(f"student.init={init}: {err}") from None
-        return meta["checkpoint"]
 
     def train(self, mode: bool = True) -> "CodecModule":
         super().train(mode)

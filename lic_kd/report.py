@@ -261,9 +261,11 @@ def repeated_bd(anchor: pd.DataFrame, test: pd.DataFrame, method: str, rate: str
         if row["overlap_dist"] is not None:
             overlaps.append(row["overlap_dist"])
     out: dict[str, Any] = {}
+    counts = []
     for key, vals in values.items():
-        out[key], out[f"{key}_ci95"], out[f"n_{key.split('_')[1]}"] = mean_ci95(vals)
-    out["n"] = max(out.pop("n_rate"), out.pop("n_psnr"))
+        out[key], out[f"{key}_ci95"], n = mean_ci95(vals)
+        counts.append(n)
+    out["n"] = max(counts)
     out["overlap_dist"] = min(overlaps) if overlaps else None
     out["reason"] = "; ".join(dict.fromkeys(reasons))
     return out
