@@ -167,7 +167,8 @@ class CodecModule(L.LightningModule):
         logs |= {f"val/{k.removesuffix('_loss')}": out[k] for k in ("bpp_loss", "mse_loss", "ms_ssim_loss") if k in out}
         if self.is_kd:
             logs["val/kd_loss"] = out["loss"]
-        self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])
+        # averaged over DDP processes, so that every process picks the same best checkpoint and LR step
+        self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()

@@ -136,6 +136,20 @@ def check_request(params: dict[str, Any], available: dict[str, Partition]) -> No
                                 "set hydra.launcher.timeout_min (a requeued job resumes from last.ckpt)")
 
 
+def check_processes(trainer: dict[str, Any], params: dict[str, Any]) -> None:
+    """One SLURM task per training process: Lightning's DDP takes each task as one of trainer.devices x
+    trainer.num_nodes processes, so the two counts must agree (else the tasks train the same run side by side,
+    or DDP waits for processes that never start)."""
+    devices, num_nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if not isinstance(devices, int):  # "auto" or a list of ids: Lightning checks them against SLURM itself
+        return
+    tasks, nodes = params.get("tasks_per_node") or 1, params.get("nodes") or 1
+    if (devices, num_nodes) != (tasks, nodes):
+        raise SlurmRequestError(f"trainer.devices={devices} x trainer.num_nodes={num_nodes} training processes, but the "
+                                f"SLURM job starts tasks_per_node={tasks} x nodes={nodes} tasks: set hydra.launcher.tasks_per_node="
+                                f"{devices} hydra.launcher.nodes={num_nodes} (one task per device)")
+
+
 def job_states(job_ids: Sequence[str]) -> list[tuple[str, str, str]]:
     """(job id, state, reason) of each job still in the queue (array tasks one by one)."""
     if not job_ids:

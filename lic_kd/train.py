@@ -79,6 +79,27 @@ def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
     return None
 
 
+class FinalCheckpoint(L.Callback):
+    """last.ckpt at the end of training (the final batches may postdate the last validation), written inside
+    fit so that under DDP it holds rank 0's state, spawned processes included."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def strategy_for(strategy: Any) -> Any:
+    """DDP as lic_kd trains it. The entropy bottleneck's quantiles take no part in the main loss (the auxiliary
+    optimizer steps them), so DDP must look for unused parameters. Processes: SLURM starts one per task;
+    elsewhere they are spawned, since Lightning's default re-runs the command line, which inside a Hydra sweep
+    would start the whole sweep again in every process."""
+    if strategy not in ("ddp", "ddp_spawn"):
+        return strategy
+    return "ddp_find_unused_parameters_true" if SLURMEnvironment.detect() else "ddp_spawn_find_unused_parameters_true"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     results_path = run_dir / RESULTS_FILE
@@ -105,11 +126,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.check()
 
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    last = run_dir / "checkpoints" / "last.ckpt"
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        strategy=strategy_for(cfg.trainer.get("strategy", "auto")),
         max_steps=module.optimizer_steps_per_batch * cfg.steps,  # Lightning counts each optimizer's steps
         val_check_interval=min(cfg.val_every, cfg.steps),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + [FinalCheckpoint(last)],
         logger=[instantiate(c) for c in cfg.logger.values()],
         plugins=plugins,
     )
@@ -118,13 +141,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // module.optimizer_steps_per_batch, cfg.steps)
     # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final batches may postdate the last validation
+    if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
+        return {}
+    steps_done = torch.load(last, map_location="cpu", weights_only=False)["global_step"]  # spawned DDP: not in this process's trainer
 
     net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
     log.info("evaluating %d images with %s", len(datamodule.eval_paths), meta["checkpoint"])
     evaluation = evaluate_net(net, datamodule.eval_paths, run_dir, cfg.eval.device)
     identity = run_identity(meta) | {
-        "steps": trainer.global_step // module.optimizer_steps_per_batch,
+        "steps": steps_done // module.optimizer_steps_per_batch,
+        "devices": trainer.world_size,
         "steps_planned": cfg.steps,
         "seed": cfg.seed,
         "run_dir": str(run_dir.resolve()),

@@ -13,9 +13,11 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 
 class CheckedSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lic_kd.slurm import JobWatcher, SlurmRequestError, check_request, partitions
+        from lic_kd.slurm import JobWatcher, SlurmRequestError, check_processes, check_request, partitions
 
         check_request(dict(self.params), partitions())  # before anything is submitted
+        if self.config is not None and "trainer" in self.config:  # lic_kd.train (lic_kd.evaluate has no trainer)
+            check_processes(self.config.trainer, dict(self.params))
         watcher = JobWatcher(Path(str(self.params["submitit_folder"]).replace("%j", "")).resolve(), len(job_overrides))
         watcher.start()
         try:
