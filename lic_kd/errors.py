@@ -23,13 +23,14 @@ def verbose() -> bool:
 
 
 def user_error(err: BaseException) -> BaseException | None:
-    """The user-input error behind `err` (a sweep's job failure wraps it), else None."""
-    seen = err
+    """The innermost user-input error behind `err` (a sweep's job failure or Hydra's "Error in call to target"
+    wraps the sentence that names the value), else None."""
+    found, seen = None, err
     while seen is not None:
         if isinstance(seen, USER_ERRORS) and not type(seen).__name__ == "HydraJobException":
-            return seen
+            found = seen
         seen = seen.__cause__
-    return None
+    return found
 
 
 def run_cli(main: Callable[[], None]) -> None:
