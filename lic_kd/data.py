@@ -167,6 +167,12 @@ class ImageDataModule(L.LightningDataModule):
         if self.layout == "folder" and len(self.train_paths) <= 5000:
             check_images(self.train_paths)
 
+    def calibration_images(self, count: int = 16) -> torch.Tensor:
+        """Centre crops of the first `count` training images (of the fixed split): what a network narrower
+        than its teacher ranks the teacher's channels on."""
+        dataset = ImageFolder(self.train_paths[:count], self.crop_size, train=False)
+        return torch.stack([dataset[i] for i in range(len(dataset))])
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             ImageFolder(self.train_paths, self.crop_size, train=True, cache=self.cache_images),

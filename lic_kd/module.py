@@ -36,10 +36,12 @@ class CodecModule(L.LightningModule):
         role: str = "student",
         teacher: dict | None = None,
         init: str = "random",
+        calibration: torch.Tensor | None = None,
     ) -> None:
         """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
         `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
-        `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from."""
+        `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from;
+        `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.prune)."""
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -55,12 +57,13 @@ class CodecModule(L.LightningModule):
             raise ValueError(f"role={role} needs loss={'kd' if role == 'kd' else 'plain'}, got {type(self.loss).__name__}")
         task = self.loss.task if self.is_kd else self.loss
         self.has_entropy_model = isinstance(self.net, CompressionModel)
-        if self.has_entropy_model != isinstance(task, RateDistortionLoss):
-            need = "objective=rd (rate-distortion)" if self.has_entropy_model else "objective=reconstruction (it has no rate)"
-            raise ValueError(f"{type(self.net).__name__} {'has an' if self.has_entropy_model else 'has no'} entropy model: "
+        has_rate = self.has_entropy_model or getattr(self.net, "has_rate", False)  # learned JPEG: a rate proxy, no aux optimizer
+        if has_rate != isinstance(task, RateDistortionLoss):
+            need = "objective=rd (rate-distortion)" if has_rate else "objective=reconstruction (it has no rate)"
+            raise ValueError(f"{type(self.net).__name__} {'has an' if has_rate else 'has no'} entropy model: "
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
-        self._initialise(init, teacher, getattr(task, "lmbda", None))
+        self._initialise(init, teacher, getattr(task, "lmbda", None), calibration)
         self.teacher = self.z_teacher = None
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
@@ -71,7 +74,7 @@ class CodecModule(L.LightningModule):
                     raise ValueError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
                 self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
 
-    def _initialise(self, init: str, teacher: dict | None, lmbda: float | None) -> None:
+    def _initialise(self, init: str, teacher: dict | None, lmbda: float | None, calibration: torch.Tensor | None) -> None:
         """Start from trained weights: the teacher's (its most important channels when this network is
         narrower) or any checkpoint's. Resuming overwrites them with last.ckpt, as it should."""
         if init in (None, "random"):
@@ -84,7 +87,7 @@ class CodecModule(L.LightningModule):
             source_path, architecture = init, (teacher or {}).get("architecture")
         source, _ = load_net(source_path, architecture, lmbda=lmbda)
         try:
-            prune_into(source, self.net)
+            prune_into(source, self.net, calibration)
         except ValueError as err:
             raise ValueError(f"student.init={init}: {err}") from None
 

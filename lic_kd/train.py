@@ -112,6 +112,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
     check_config(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.check()
+    init = cfg.student.get("init") or "random"
     module = CodecModule(
         net=cfg.model,
         loss=cfg.loss,
@@ -119,11 +122,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=cfg.scheduler or None,
         role=cfg.role,
         teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
-        init=cfg.student.get("init") or "random",
+        init=init,
+        calibration=datamodule.calibration_images() if init != "random" else None,
     )
     module.check_kd_shapes()
-    datamodule = instantiate(cfg.data)
-    datamodule.check()
 
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -1,5 +1,5 @@
-"""Channel pruning (student.init=teacher): the kept channels are the filters of largest L1 norm, consistent
-through GDN/IGDN, the hyperprior and the entropy bottleneck."""
+"""Channel pruning (student.init=teacher): the kept channels are those of largest contribution on calibration
+images (else of largest filter L1 norm), consistent through GDN/IGDN, the hyperprior and the entropy bottleneck."""
 
 import pytest
 import torch
@@ -29,13 +29,14 @@ def _silence_channels(net: nn.Module, keep: int) -> None:
         net.h_s[0].weight[keep:].zero_()
 
 
-def test_pruning_away_silent_channels_changes_nothing():
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_pruning_away_silent_channels_changes_nothing(calibrated):
     torch.manual_seed(0)
     wide = ScaleHyperprior(16, 24).eval()
     _silence_channels(wide, keep=8)
     thin = ScaleHyperprior(8, 24).eval()
-    prune_into(wide, thin)
     x = torch.rand(1, 3, 128, 128)
+    prune_into(wide, thin, x if calibrated else None)
     with torch.no_grad():
         assert torch.allclose(thin(x)["x_hat"], wide(x)["x_hat"], atol=1e-5)
     # the entropy bottleneck kept the densities of the kept z channels
@@ -67,6 +68,19 @@ def test_equal_widths_copy_and_narrower_widths_run(cls):
     # GDN's gamma keeps the rows and columns of the kept channels
     kept = most_important(source.g_a[0], 8)
     assert torch.equal(thin.g_a[1].gamma, source.g_a[1].gamma[kept][:, kept])
+
+
+def test_with_images_a_large_filter_that_nothing_reads_is_pruned_first():
+    torch.manual_seed(0)
+    source = ScaleHyperprior(8, 16).eval()
+    with torch.no_grad():
+        source.g_a[0].weight[0] *= 10  # the largest filter by far ...
+        source.g_a[2].weight[:, 0] = 0  # ... whose output the next layer ignores
+    by_norm, by_contribution = ScaleHyperprior(7, 16), ScaleHyperprior(7, 16)
+    prune_into(source, by_norm)
+    prune_into(source, by_contribution, torch.rand(2, 3, 64, 64))
+    assert torch.equal(by_norm.g_a[0].weight[0], source.g_a[0].weight[0, :, :, :])
+    assert not any(torch.equal(w, source.g_a[0].weight[0]) for w in by_contribution.g_a[0].weight)
 
 
 def test_wider_or_other_family_is_an_error():
