@@ -8,7 +8,8 @@ per rung: lambda, file, sha256, steps, seed, wall time and the Kodak metrics of 
 updated, as CompressAI's `update_model` writes it, so CompressAI's own tools read it. Loading checks the
 hash.
 
-`python -m lic_kd.ladder SWEEP_DIR OUT_DIR --command "..."` builds one from a finished sweep of teachers.
+`python -m lic_kd.ladder SWEEP_DIR OUT_DIR --command "..."` builds one from a finished sweep of teachers;
+`--append` adds the runs of a sweep fine-tuned from its base as new rungs.
 """
 
 from __future__ import annotations
@@ -154,20 +155,8 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
                        "steps_total": base["run"].get("steps"), "wall_time_s": round(base_wall, 1),
                        "resumed_at_batches": _resumes(base_dir),
                        "kodak": {k: base["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")}}
-    rungs = []
-    for r in runs:
-        run = r["run"]
-        net, _ = load_net(run["run_dir"])
-        path, digest = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
-        file = path.name
-        base_steps = (base or {}).get("run", {}).get("steps") or 0
-        rungs.append({
-            "lmbda": run["lmbda"], "file": file, "sha256": digest, "seed": run.get("seed"),
-            "steps_base": base_steps or None, "steps_finetune": run.get("steps"), "steps_total": base_steps + (run.get("steps") or 0),
-            "wall_time_s": round(r["wall_time_s"] + base_wall, 1),  # the rung's own run plus its base's
-            "init": "base" if base else None,
-            "kodak": {k: r["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
-        })
+    base_steps = (base or {}).get("run", {}).get("steps") or 0
+    rungs = [_export_rung(r, out_dir, name, base_steps, base_wall, "base" if base else None) for r in runs]
     first = runs[0]["run"]
     net_cfg = torch.load(Path(first["checkpoint"]), map_location="cpu", weights_only=False)["hyper_parameters"]["net"]
     ladder = {
@@ -189,6 +178,56 @@ def build_ladder(sweep_dir: Path, out_dir: Path, name: str, command: str, base_d
     return ladder
 
 
+def _export_rung(result: dict[str, Any], out_dir: Path, name: str, base_steps: int, base_wall: float,
+                 init: str | None) -> dict[str, Any]:
+    """Export one finished teacher run into the ladder directory; its record (steps and wall time include
+    those of the base it was fine-tuned from)."""
+    from lic_kd.export import export_compressai
+    from lic_kd.models import load_net
+
+    run = result["run"]
+    net, _ = load_net(run["run_dir"])
+    path, digest = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
+    return {
+        "lmbda": run["lmbda"], "file": path.name, "sha256": digest, "seed": run.get("seed"),
+        "steps_base": base_steps or None, "steps_finetune": run.get("steps"), "steps_total": base_steps + (run.get("steps") or 0),
+        "wall_time_s": round(result["wall_time_s"] + base_wall, 1),  # the rung's own run plus its base's
+        "init": init,
+        "kodak": {k: result["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+    }
+
+
+def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None = None) -> dict[str, Any]:
+    """Add the finished runs of a sweep fine-tuned from this ladder's base (`student.init=<its base file>`)
+    to the ladder as new rungs, each with its own command and commit; a rung at the same lambda is replaced."""
+    from lic_kd.results import read_results
+
+    ladder = read_ladder(out_dir)
+    base = ladder.get("base") or {}
+    runs = [read_results(p) for p in Path(sweep_dir).glob("*/results.json")]
+    if not runs:
+        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+    added = []
+    for r in runs:
+        init = Path(str(r["run"].get("init") or "")).name
+        if init != base.get("file"):
+            raise LadderError(f"{r['run']['run_dir']} was initialised from {r['run'].get('init')!r}, not from this ladder's base "
+                              f"{base.get('file')}: rungs of one ladder share its base")
+        rung = _export_rung(r, out_dir, ladder["name"], base.get("steps_total") or 0, base.get("wall_time_s") or 0.0, "base")
+        added.append(rung | {"command": command, "commit": _git_commit()})
+    new_lambdas = {r["lmbda"] for r in added}
+    kept = [r for r in ladder["rungs"] if r["lmbda"] not in new_lambdas]
+    for old in set(r["file"] for r in ladder["rungs"]) - set(r["file"] for r in kept):
+        (out_dir / old).unlink(missing_ok=True)
+    ladder["rungs"] = sorted(kept + added, key=lambda r: r["lmbda"])
+    if note:
+        ladder["notes"] = " ".join(filter(None, [ladder.get("notes"), note]))
+    (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
+    files = ladder["rungs"] + ([base] if base else [])
+    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in files))
+    return ladder
+
+
 def _train_dirs(run_dir: Path) -> Any:
     from omegaconf import OmegaConf
 
@@ -206,8 +245,16 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=None, help="run dir of the base teacher the rungs were fine-tuned from")
     parser.add_argument("--command", required=True, help="the exact command that trained the ladder")
     parser.add_argument("--note", default=None, help="anything else a reader of the provenance should know")
+    parser.add_argument("--append", action="store_true",
+                        help="add the sweep's runs (fine-tuned from the ladder's base) to the existing ladder OUT_DIR")
     args = parser.parse_args()
-    ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note)
+    try:
+        if args.append:
+            ladder = append_rungs(args.sweep_dir, args.out_dir, args.command, args.note)
+        else:
+            ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note)
+    except LadderError as err:
+        parser.exit(2, f"error: {err}\n")
     for r in ladder["rungs"]:
         k = r["kodak"]
         print(f"lmbda {r['lmbda']:<7g} bpp {k['bpp']:.4f}  PSNR {k['psnr']:.2f} dB  MS-SSIM {k['ms_ssim']:.4f}  {r['file']}")

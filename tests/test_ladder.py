@@ -137,3 +137,26 @@ def test_compressai_eval_model_reads_an_export_and_agrees(teacher_sweep, tmp_pat
     assert ours["ms_ssim"] == pytest.approx(theirs["ms-ssim-rgb"], abs=1e-4)
     header_bytes = (ours["bpp"] - theirs["bpp"]) * 768 * 512 / 8
     assert 0 < header_bytes < 64, f"lic_kd's file = CompressAI's strings + its header, got {header_bytes:.1f} bytes more"
+
+
+def test_rungs_fine_tuned_from_the_base_are_appended(ladder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "smoke-ladder"
+    shutil.copytree(ladder, copy)
+    base = json.loads((copy / LADDER_FILE).read_text())["base"]["file"]
+    sweep = tmp_path / "low"
+    train("-m", "role=teacher", "lmbda=0.002", f"student.init={copy / base}", f"hydra.sweep.dir={sweep}")
+    run_module("lic_kd.ladder", str(sweep), str(copy), "--append", "--command", "python -m lic_kd.train lmbda=0.002 ...")
+    record = json.loads((copy / LADDER_FILE).read_text())
+    assert [r["lmbda"] for r in record["rungs"]] == [0.002, 0.005, 0.05]
+    new = record["rungs"][0]
+    assert new["init"] == "base" and new["command"].endswith("lmbda=0.002 ...") and new["steps_total"] == 40 + 4
+    assert f"{new['sha256']}  {new['file']}" in (copy / "SHA256SUMS").read_text()
+    net, meta = load_net(copy, lmbda=0.002)
+    assert meta["loss"]["lmbda"] == 0.002
+    # a run that did not start from the ladder's base is refused, by name
+    other = tmp_path / "other"
+    train("-m", "role=teacher", "lmbda=0.003", f"hydra.sweep.dir={other}")
+    proc = run_module("lic_kd.ladder", str(other), str(copy), "--append", "--command", "x", check=False)
+    assert proc.returncode != 0 and "not from this ladder's base" in proc.stderr
