@@ -167,6 +167,10 @@ def _decode_run(run_dir: Path, checkpoint: str, image: str) -> tuple[np.ndarray,
     if reconstruction.is_file():
         with Image.open(reconstruction) as img:
             return np.asarray(img.convert("RGB")), None
+    jpeg = run_dir / "bitstreams" / f"{Path(image).stem}.jpg"
+    if jpeg.is_file():  # a learned JPEG: a real JPEG file, decoded by the standard decoder
+        with Image.open(jpeg) as img:
+            return np.asarray(img.convert("RGB")), 8 * jpeg.stat().st_size / (img.width * img.height)
     bitstream = run_dir / "bitstreams" / f"{Path(image).stem}.lkd"
     if not bitstream.is_file() or not Path(checkpoint).is_file():
         return None
@@ -197,7 +201,8 @@ def visual_comparison(rd: pd.DataFrame, images: dict[str, Path], path: Path, ima
     if learned.empty:
         return False
     first = Path(learned.iloc[0]["run_dir"])
-    coded = sorted(p.stem for p in [*(first / "bitstreams").glob("*.lkd"), *(first / "reconstructions").glob("*.png")])
+    coded = sorted(p.stem for p in [*(first / "bitstreams").glob("*.lkd"), *(first / "bitstreams").glob("*.jpg"),
+                                    *(first / "reconstructions").glob("*.png")])
     if Path(image).stem not in coded:  # runs that coded a subset: take the first image they all have
         image = next((name for name in images if Path(name).stem in coded[:1]), image)
     if image not in images:
@@ -245,7 +250,7 @@ def distillation(table: pd.DataFrame, path: Path) -> bool:
     if rows.empty:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [f"N={int(r.N)}\ninit={r.init}\nn={int(r.n)} seed(s)" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "")
+    labels = [(r.architecture if pd.isna(r.N) else f"N={int(r.N)}") + f"\ninit={r.init}\nn={int(r.n)} seed(s)" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "")
               for r in rows.itertuples()]
     colors = ["tab:red" if v > 0 else "tab:green" for v in rows["bd_rate_kd_vs_plain_pct"]]
     axes[0].bar(range(len(rows)), rows["bd_rate_kd_vs_plain_pct"], yerr=rows["ci95"].fillna(0), capsize=4, color=colors)

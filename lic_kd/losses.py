@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from compressai.losses import RateDistortionLoss
+from compressai.losses import RateDistortionLoss as _CompressAIRateDistortionLoss
 from pytorch_msssim import ms_ssim
 from torch import nn
 
@@ -17,6 +17,19 @@ METRICS = ("mse", "ms-ssim")
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+class RateDistortionLoss(_CompressAIRateDistortionLoss):
+    """CompressAI's loss. A network without an entropy model whose output carries its own differentiable rate
+    as `bpp` (learned JPEG's proxy of the entropy-coded size) is charged that rate instead of likelihoods."""
+
+    def forward(self, output: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        if "likelihoods" in output or "bpp" not in output:
+            return super().forward(output, target)
+        out = super().forward({**output, "likelihoods": {}}, target)  # the distortion term alone
+        out["bpp_loss"] = output["bpp"]
+        out["loss"] = out["loss"] + output["bpp"]
+        return out
 
 
 def make_rd_loss(lmbda: float, metric: str = "mse") -> RateDistortionLoss:
@@ -71,6 +84,7 @@ class DistillationLoss(nn.Module):
         w_x: float = 0.3,
         latent_criterion: str = "mse",
         temperature: float = 1.0,
+        x_in_task_units: bool = False,
     ) -> None:
         super().__init__()
         for name, weight in {"w_task": w_task, "w_y": w_y, "w_z": w_z, "w_x": w_x}.items():
@@ -83,6 +97,13 @@ class DistillationLoss(nn.Module):
         self.w_task = w_task
         self.latent_criterion = latent_criterion
         self.temperature = temperature
+        # The x_hat term as a distortion in the task's own units (lmbda * 255^2 * MSE): the teacher's
+        # reconstruction then weighs against the original image w_x : w_task, at every lambda.
+        self.x_scale = 1.0
+        if x_in_task_units:
+            if not isinstance(getattr(task, "metric", None), nn.MSELoss):  # CompressAI's RD loss with metric=mse
+                raise ValueError("loss.x_in_task_units=true needs the rate-distortion objective with metric=mse")
+            self.x_scale = task.lmbda * 255**2
 
     def _latent_distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.latent_criterion == "kl":
@@ -108,7 +129,7 @@ class DistillationLoss(nn.Module):
             loss = loss + self.weights["z"] * out["kd_z"]
         if self.weights["x"]:
             out["kd_x"] = F.mse_loss(student_out["x_hat"], teacher_out["x_hat"])
-            loss = loss + self.weights["x"] * out["kd_x"]
+            loss = loss + self.weights["x"] * self.x_scale * out["kd_x"]
         out["loss"] = loss
         return out
 

@@ -80,6 +80,8 @@ def curve_label(run: dict[str, Any]) -> str:
         return f"{run['architecture']} [ref]"
     arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
     role = "kd-hybrid" if run.get("kd_variant") == "hybrid" else run["role"]
+    if run.get("N") is None:  # a network without widths (learned JPEG): its architecture names it
+        return f"{role}-{run['architecture']}"
     return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
 
 
@@ -90,10 +92,12 @@ def _init_label(init: str | None) -> str:
 
 def curve_settings(run: dict[str, Any]) -> dict[str, Any]:
     """What besides role and width makes a run's curve: KD weights, the objective's metric, the z teacher,
-    the initialisation. Seeds are repeats of one curve, not curves of their own."""
+    the network's other settings (model.*), the initialisation. Seeds are repeats of one curve, not curves of
+    their own."""
     teacher = run.get("teacher") or {}
     return {**(run.get("loss_weights") or {}), **{k: v for k, v in (run.get("objective") or {}).items() if k != "lmbda"},
             **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None},
+            **{f"model.{k}": v for k, v in (run.get("model_options") or {}).items()},
             "init": _init_label(run.get("init")) or "random"}
 
 
@@ -190,11 +194,17 @@ def rate_warnings(rd: pd.DataFrame) -> list[str]:
             f"autoregressive context model); read its point with care" for r in rows.itertuples()]
 
 
+LEARNED_JPEG = "LearnedJPEG"  # its curves are compared with Pillow's JPEG at the standard tables
+JPEG_ANCHOR = "JPEG"
+
+
 def default_anchor(df: pd.DataFrame) -> str | None:
-    """The teacher curve (the widest one when there are several), else None."""
+    """The teacher curve (the widest one when there are several); without teachers, in a report of learned
+    JPEG runs, Pillow's JPEG at its standard tables; else None."""
     teachers = df[df["role"] == "teacher"]
     if teachers.empty:
-        return None
+        learned_jpeg = "architecture" in df and (df["architecture"] == LEARNED_JPEG).any()
+        return JPEG_ANCHOR if learned_jpeg and (df["curve"] == JPEG_ANCHOR).any() else None
     return teachers.sort_values(["N", "M"]).iloc[-1]["curve"]
 
 
@@ -295,17 +305,18 @@ def bd_with_repeats(df: pd.DataFrame, bd: pd.DataFrame, method: str, rate: str, 
     return pd.DataFrame(rows, columns=columns)
 
 
-def codec_comparison(df: pd.DataFrame, method: str, rate: str) -> pd.DataFrame:
-    """BD-rate of every teacher curve against every classical codec measured in the same report (same
-    images, real files): the credibility check of a learned codec. PSNR and MS-SSIM (dB)."""
+def codec_comparison(df: pd.DataFrame, method: str, rate: str, curves: Sequence[str] | None = None,
+                     codecs: Sequence[str] | None = None) -> pd.DataFrame:
+    """BD-rate of every teacher curve (or of `curves`) against every classical codec measured in the same report
+    (or `codecs`; same images, real files): the credibility check of a learned codec. PSNR and MS-SSIM (dB)."""
     rows = []
-    teachers = list(dict.fromkeys(df.loc[df["role"] == "teacher", "curve"]))
-    codecs = list(dict.fromkeys(df.loc[df["role"] == "codec", "curve"]))
-    for teacher in teachers:
+    learned = list(dict.fromkeys(df.loc[df["role"] == "teacher", "curve"])) if curves is None else list(curves)
+    codecs = list(dict.fromkeys(df.loc[df["role"] == "codec", "curve"])) if codecs is None else list(codecs)
+    for curve in learned:
         for codec in codecs:
-            row = {"curve": teacher, "anchor": codec}
+            row = {"curve": curve, "anchor": codec}
             for metric, tag in (("psnr", "psnr"), ("ms_ssim_db", "ms_ssim")):
-                bd = bd_row(curve_points(df[df["curve"] == codec], rate, metric), curve_points(df[df["curve"] == teacher], rate, metric), method)
+                bd = bd_row(curve_points(df[df["curve"] == codec], rate, metric), curve_points(df[df["curve"] == curve], rate, metric), method)
                 row |= {f"bd_rate_pct_{tag}": bd["bd_rate_pct"], f"overlap_{tag}": bd["overlap_dist"]}
                 if bd["reason"]:
                     row[f"reason_{tag}"] = bd["reason"]
@@ -351,6 +362,23 @@ def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate:
     return pd.DataFrame(rows, columns=columns)
 
 
+def learned_jpeg_table(rd: pd.DataFrame, results: Sequence[dict[str, Any]], method: str, rate: str) -> pd.DataFrame:
+    """Each learned-JPEG curve against Pillow's JPEG at the standard tables (PSNR and MS-SSIM BD-rates), with
+    how well its rate proxy tracked the real file sizes: Pearson r over all its coded images."""
+    curves = list(dict.fromkeys(rd.loc[rd["architecture"] == LEARNED_JPEG, "curve"]))
+    if not curves or not (rd["curve"] == JPEG_ANCHOR).any():
+        return pd.DataFrame()
+    table = codec_comparison(rd, method, rate, curves, [JPEG_ANCHOR])
+    by_dir = {r["run"].get("run_dir"): r for r in results}
+    for i, curve in enumerate(table["curve"]):
+        rows = [row for d in rd.loc[rd["curve"] == curve, "run_dir"] for row in by_dir.get(d, {}).get("images", [])]
+        real, proxy = np.array([r["bpp"] for r in rows]), np.array([r["bpp_estimated"] for r in rows])
+        table.loc[i, "proxy_pearson_r"] = float(np.corrcoef(real, proxy)[0, 1]) if len(rows) > 2 else None
+        table.loc[i, "proxy_over_real"] = float(np.mean(proxy / real)) if rows else None
+        table.loc[i, "images"] = len(rows)
+    return table
+
+
 def to_markdown(df: pd.DataFrame, title: str, missing: Sequence[dict[str, str]] = ()) -> str:
     text = f"# {title}\n\n" + (df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no runs)") + "\n"
     if missing:
@@ -383,6 +411,7 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     extra = {
         "bd_repeats": bd_with_repeats(rd, bd, method, rate, metric),
         "teacher_vs_codecs": codec_comparison(rd, method, rate),
+        "learned_jpeg_vs_jpeg": learned_jpeg_table(rd, results, method, rate),
         "distillation": distillation_table(rd, anchor or default_anchor(rd), method, rate, metric),
     }
     for table_name, table in extra.items():
@@ -436,6 +465,14 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
                      "BD-rate (%) of each teacher curve against each codec's curve, bitstream bpp; negative: the teacher "
                      "needs fewer bits for the same quality.\n",
                      codecs.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g") + "\n"]
+    jpeg = extra.get("learned_jpeg_vs_jpeg", pd.DataFrame())
+    if not jpeg.empty:
+        sections += ["## Learned JPEG against Pillow's JPEG (standard tables)\n",
+                     "BD-rate (%) of each learned-JPEG curve against JPEG at libjpeg's standard tables, both real baseline "
+                     "JPEG files decoded by the standard decoder; negative: the learned tables need fewer bits for the same "
+                     "quality. proxy_pearson_r: correlation of the training rate proxy with the real file sizes over the "
+                     "curve's coded images (proxy_over_real: their mean ratio).\n",
+                     jpeg.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g") + "\n"]
     repeats = extra.get("bd_repeats", pd.DataFrame())
     if not repeats.empty and (repeats["n"] > 1).any():
         sections += ["## BD values over repeats (seeds)\n",

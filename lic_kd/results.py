@@ -69,6 +69,8 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "kd_variant": None if kind != "kd" else ("hybrid" if teacher.get("z_checkpoint") else "single"),
         "teacher": meta.get("teacher"),
         "init": meta.get("init") or "random",
+        # the network's settings besides its widths (e.g. a learned JPEG's subsampling): they make curves too
+        "model_options": {k: v for k, v in net.items() if k not in ("_target_", "N", "M")},
         "steps": meta.get("steps"),
         "checkpoint": meta["checkpoint"],
     }
@@ -86,6 +88,7 @@ def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: di
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
         **{k: evaluation.get(k) for k in ("latency", "energy", "memory")},
+        **({"codec": evaluation["codec"]} if "codec" in evaluation else {}),  # a learned JPEG's tables and rate proxy
         "environment": environment(),
         "images": evaluation["images"],
     }
