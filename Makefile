@@ -23,7 +23,7 @@ TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune 
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo teachers study codecs report figures families variants slurm-up slurm-down clean
+.PHONY: install test test-all demo teachers study codecs report figures families variants slurm-up slurm-down bench clean
 
 install: $(INSTALLED)
 
@@ -126,6 +126,13 @@ slurm-up:
 
 slurm-down:
 	bash scripts/slurm-local.sh down
+
+# lic_kd's speed against baselines measured in the same run (README, Benchmarks): ratios, absolute figures and goals,
+# printed and written to benchmarks/results/*.json (about 10 minutes on 2 CPU cores). BENCH_ARGS=--smoke: a tiny run
+# that checks every benchmark works (benchmarks/results/smoke/); BENCH_ARGS="--only decode_fps" picks some.
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs multirun_reports .pytest_cache
