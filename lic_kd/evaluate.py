@@ -15,6 +15,7 @@ from lic_kd.errors import run_cli
 from lic_kd.codec import evaluate_net, summary
 from lic_kd.data import check_images, list_images
 from lic_kd.models import load_net
+from lic_kd.profiling import use_threads
 from lic_kd.results import RESULTS_FILE, build_results, run_identity, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def main(cfg: DictConfig) -> None:
     if (run_dir / RESULTS_FILE).is_file():  # re-running a sweep of evaluations resumes it
         log.info("%s exists: this evaluation is complete, nothing to do", run_dir / RESULTS_FILE)
         return
+    use_threads(cfg.get("threads"))
     net, meta = load_net(cfg.checkpoint, cfg.architecture, lmbda=cfg.get("lmbda"))
     images = list_images(cfg.images, cfg.limit)
     check_images(images)  # a corrupt file fails here, by name, before any coding

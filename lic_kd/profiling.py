@@ -17,6 +17,14 @@ from torch import nn
 RAPL = Path("/sys/class/powercap/intel-rapl:0")  # CPU package domain
 
 
+def use_threads(threads: int | None) -> None:
+    """Run torch on `threads` CPU threads (None: leave torch's default, one per core)."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be a positive number of CPU threads or null, got {threads}")
+        torch.set_num_threads(int(threads))
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer around it measures it (a no-op on the CPU)."""
     if device.type == "cuda":

@@ -24,6 +24,7 @@ import lic_kd  # noqa: F401  (registers the config resolvers)
 from lic_kd.errors import run_cli
 from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, summary
 from lic_kd.models import load_net
+from lic_kd.profiling import use_threads
 from lic_kd.module import CodecModule
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
 
@@ -107,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s exists: this run is complete, nothing to do", results_path)
         return read_results(results_path)
     start = time.perf_counter()
+    use_threads(cfg.get("threads"))
     log.info("run %s: %s, %d batches, seed %d", run_dir, cfg.role, cfg.steps, cfg.seed)  # a resumed run appends its segments
     L.seed_everything(cfg.seed, workers=True)
 

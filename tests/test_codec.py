@@ -6,7 +6,9 @@ import torch
 from compressai.models import ScaleHyperprior
 from PIL import Image
 
-from lic_kd.codec import code_image, evaluate_net, pad, prepare_for_coding, read_bitstream, write_bitstream
+from compressai.entropy_models import GaussianConditional
+
+from lic_kd.codec import code_image, estimated_bpp, evaluate_net, pad, prepare_for_coding, read_bitstream, write_bitstream
 from lic_kd.data import DataError, load_rgb, to_tensor
 
 from conftest import KODAK
@@ -48,6 +50,27 @@ def test_decoded_image_equals_the_eval_mode_reconstruction(net, tmp_path):
         strings, shape, _ = read_bitstream(tmp_path / "k.lkd")
         decoded = coder.decompress(strings, shape)["x_hat"].clamp(0, 1)
     assert torch.allclose(decoded, expected, atol=1e-4)
+
+
+def test_searchsorted_indexes_are_compressai_own(net):
+    """The coder's one-pass CDF indexes equal CompressAI's loop over the scale table, on the table's own values,
+    between them, below and above it."""
+    coder = prepare_for_coding(net)
+    conditional = coder.gaussian_conditional
+    table = conditional.scale_table
+    scales = torch.cat([table, (table[1:] + table[:-1]) / 2, torch.tensor([0.0, 1e-6, 0.05, 1e3]), torch.rand(5000) * 30])
+    scales = torch.cat([scales, torch.nextafter(table, torch.zeros_like(table)), torch.nextafter(table, table + 1)])
+    reshaped = scales[: 4 * (scales.numel() // 4)].reshape(1, 4, -1, 1)
+    assert torch.equal(conditional.build_indexes(reshaped), GaussianConditional.build_indexes(conditional, reshaped))
+
+
+def test_estimated_bpp_is_the_forward_likelihoods(net):
+    x = pad(to_tensor(load_rgb(KODAK / "kodim23.png"))[None, :, :128, :192])
+    coder = prepare_for_coding(net)
+    with torch.no_grad():
+        expected = sum(l.log2().sum().neg().item() for l in coder(x)["likelihoods"].values()) / (128 * 192)
+        assert estimated_bpp(coder, x, 128 * 192) == pytest.approx(expected, rel=1e-6)
+    assert not isinstance(coder.g_s, torch.nn.Identity)
 
 
 def test_update_happens_on_a_copy(net):

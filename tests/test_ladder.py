@@ -89,13 +89,16 @@ def test_damaged_ladder_file_is_named(ladder, tmp_path):
 
 def test_students_start_from_the_ladder_and_report_what_kd_buys(ladder, tmp_path):
     teachers = tmp_path / "teachers"
-    run_module("lic_kd.evaluate", "-m", f"checkpoint={ladder}", "lmbda=0.005,0.05", "limit=2", f"hydra.sweep.dir={teachers}")
+    # as make demo runs them: jobs in two parallel processes of one torch thread each (launcher=joblib)
+    run_module("lic_kd.evaluate", "-m", "launcher=joblib", f"checkpoint={ladder}", "lmbda=0.005,0.05", "limit=2", f"hydra.sweep.dir={teachers}")
     evaluated = sorted(json.loads(p.read_text())["run"]["lmbda"] for p in teachers.glob("*/results.json"))
     assert evaluated == [0.005, 0.05]
     students = tmp_path / "students"
-    train("-m", "role=student,kd", "student.N=4", "lmbda=0.005,0.05", *BUDGET, "student.init=teacher", f"teacher.checkpoint={ladder}",
-          "seed=1,2", f"hydra.sweep.dir={students}")
-    runs = [json.loads(p.read_text())["run"] for p in students.glob("*/results.json")]
+    train("-m", "launcher=joblib", "role=student,kd", "student.N=4", "lmbda=0.005,0.05", *BUDGET, "student.init=teacher",
+          f"teacher.checkpoint={ladder}", "seed=1,2", f"hydra.sweep.dir={students}")
+    results = [json.loads(p.read_text()) for p in [*students.glob("*/results.json"), *teachers.glob("*/results.json")]]
+    assert {r["environment"]["cpu_threads"] for r in results} == {1}
+    runs = [r["run"] for r in results[:-2]]
     assert len(runs) == 8 and {r["init"] for r in runs} == {"teacher"} and {r["N"] for r in runs} == {4}
     run_module("lic_kd.report", str(teachers), str(students), "--name", "ladder", "--out-root", str(tmp_path / "reports"))
     out = tmp_path / "reports" / "ladder"
