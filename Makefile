@@ -6,6 +6,10 @@ INSTALLED := $(VENV)/.installed
 
 DEMO_DIR ?= outputs/demo
 DEMO_LAMBDAS ?= 0.0035,0.0067,0.013
+# The teacher curve of the demo: the ladder's rungs from 0.05 to 0.32 bpp, the qualities its students reach
+DEMO_TEACHER_LAMBDAS ?= 0.0002,0.0004,0.0009,0.0018,0.0035
+# Jobs of a sweep in parallel processes of one torch thread each: 1.6-1.7x the throughput of one 2-thread job
+DEMO_LAUNCHER ?= joblib
 DEMO_WIDTHS ?= 16,32
 DEMO_INIT ?= teacher
 DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
@@ -13,7 +17,7 @@ DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
 # The shipped teacher ladder (make teachers rebuilds it): KD runs take the rung of their own lambda.
 TEACHERS ?= teachers/bmshj2018-hyperprior-N64-M96
 TEACHERS_RUN_DIR ?= outputs/teachers
-TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013,0.0009  # a new rung goes last: sweep job numbers name the run dirs
+TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013,0.0009,0.0004,0.0002  # a new rung goes last: sweep job numbers name the run dirs
 TEACHER_OVERRIDES ?=
 TEACHER_NOTE ?=
 TEACHER_BASE_CMD = $(PY) -m lic_kd.train experiment=teacher_ladder $(TEACHER_OVERRIDES) hydra.run.dir=$(TEACHERS_RUN_DIR)/base
@@ -45,9 +49,10 @@ test-all: install
 # student takes the teacher of its own lambda), all coded on Kodak, then the report. Re-running resumes:
 # finished runs are skipped, interrupted ones continue from their last checkpoint.
 demo: install codecs
-	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) hydra.sweep.dir=$(DEMO_DIR)/teachers
-	$(PY) -m lic_kd.train -m experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) lmbda=$(DEMO_LAMBDAS) \
-		student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
+	$(PY) -m lic_kd.evaluate -m launcher=$(DEMO_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(DEMO_TEACHER_LAMBDAS) \
+		hydra.sweep.dir=$(DEMO_DIR)/teachers
+	$(PY) -m lic_kd.train -m launcher=$(DEMO_LAUNCHER) experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) \
+		lmbda=$(DEMO_LAMBDAS) student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
 	$(MAKE) report
 
 # Retrain the teacher ladder from scratch: one base teacher (lambda 0.0067), fine-tuned to each lambda of the
@@ -66,9 +71,10 @@ STUDY_DIR ?= outputs/study
 STUDY_WIDTHS ?= 16,32,48
 STUDY_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013
 STUDY_SEEDS ?= 1,2,3
-STUDY_LAUNCHER ?= basic
+STUDY_LAUNCHER ?= joblib
 study: install codecs
-	$(PY) -m lic_kd.evaluate -m checkpoint=$(TEACHERS) lmbda=$(STUDY_LAMBDAS) hydra.sweep.dir=$(STUDY_DIR)/teachers
+	$(PY) -m lic_kd.evaluate -m launcher=$(STUDY_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) \
+		hydra.sweep.dir=$(STUDY_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=student,kd student.init=random,teacher \
 		student.N=$(STUDY_WIDTHS) lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
 		hydra.sweep.dir=$(STUDY_DIR)/students
