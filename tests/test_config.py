@@ -81,6 +81,11 @@ def test_submitit_local_launcher():
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 
 
+def test_joblib_launcher_runs_one_thread_jobs_in_parallel():
+    cfg = make(["launcher=joblib"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2 and cfg.threads == 1
+
+
 def test_wandb_logger_is_offline_and_keeps_csv():
     cfg = make(["logger=wandb"])
     assert cfg.logger.wandb.offline is True and "csv" in cfg.logger

@@ -137,6 +137,7 @@ def bad_run(tmp_path, *args):
     ("lmbda=0", "lmbda must be > 0, got 0"),
     ("steps=0", "steps must be a positive integer"),
     ("data.train_dir=/no/such/dir", "image folder does not exist: /no/such/dir"),
+    ("threads=0", "threads must be a positive number of CPU threads or null, got 0"),
 ])
 def test_bad_values_fail_with_a_clear_message(tmp_path, override, message):
     assert message in bad_run(tmp_path, override)
