@@ -75,8 +75,19 @@ def lic_kd_coder(prepared: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return codec.on_device(coder, device) if hasattr(codec, "on_device") else coder.to(device)
 
 
+def decoder(coder: Any, strings: list, shape: Any, h: int, w: int,
+            grad_mode: Callable[[], Any] = torch.inference_mode) -> Callable[[], torch.Tensor]:
+    """One decode of `strings` by `coder`, cropped and clamped as lic_kd.evaluate decodes, under `grad_mode`."""
+    def decode() -> torch.Tensor:
+        with grad_mode():
+            return coder.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
+    return decode
+
+
 def decode_parts(coder: Any, strings: list, shape: Any) -> dict[str, Callable[[], Any]]:
     """The steps of ScaleHyperprior.decompress, each callable alone (on the previous steps' outputs)."""
+    from lic_kd.codec import searchsorted_indexes
+
     eb, gc = coder.entropy_bottleneck, coder.gaussian_conditional
     with torch.inference_mode():
         z_hat = eb.decompress(strings[1], shape)
@@ -86,11 +97,10 @@ def decode_parts(coder: Any, strings: list, shape: Any) -> dict[str, Callable[[]
     # the entropy coder's own call, its arguments converted to lists beforehand (what gc.decompress does per call)
     tables = (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(), gc._offset.reshape(-1).int().tolist())
     args = (strings[0][0], indexes[0].reshape(-1).int().tolist(), *tables)
-    boundaries = gc.scale_table[:-1].to(scales.dtype)
 
     def indexes_bucketize() -> torch.Tensor:
-        """build_indexes in one pass: the index is the number of scale-table entries (but the last) below the scale."""
-        return torch.bucketize(gc.lower_bound_scale(scales), boundaries).int()
+        """build_indexes in one pass (lic_kd's coders already index this way: codec.searchsorted_indexes)."""
+        return searchsorted_indexes(gc, scales)
 
     def entropy_y_cached_tables() -> torch.Tensor:
         """gc.decompress with the CDF tables converted to lists once per model instead of once per call."""
@@ -153,25 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shape = tuple(shape)
         cl = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
 
-        def lic(coder=coder, strings=strings, shape=shape) -> torch.Tensor:
-            with torch.inference_mode():
-                return coder.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
+        lic = decoder(coder, strings, shape, h, w)
+        before = decoder(contiguous, strings, shape, h, w)
+        no_grad = decoder(coder, strings, shape, h, w, grad_mode=torch.no_grad)
+        channels_last = decoder(cl, strings, shape, h, w)
 
-        def before(coder=contiguous, strings=strings, shape=shape) -> torch.Tensor:
-            with torch.inference_mode():
-                return coder.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
-
-        def no_grad(coder=coder, strings=strings, shape=shape) -> torch.Tensor:
-            with torch.no_grad():
-                return coder.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
-
-        def channels_last(cl=cl, strings=strings, shape=shape) -> torch.Tensor:
-            with torch.inference_mode():
-                return cl.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
-
-        def other(strings=strings, shape=shape) -> torch.Tensor:
+        def other(lic=lic) -> torch.Tensor:
             with threads(other_threads):
-                return lic(strings=strings, shape=shape)
+                return lic()
 
         ref = lic()
         checks[f"N{n}"] = {name: {"max_abs_diff": float((fn() - ref).abs().max()),
@@ -187,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             compiled = copy.deepcopy(contiguous)
             compiled.g_s = torch.compile(compiled.g_s)
 
-            def comp(compiled=compiled, strings=strings, shape=shape) -> torch.Tensor:
-                with torch.inference_mode():
-                    return compiled.decompress(strings, shape)["x_hat"][..., :h, :w].clamp(0, 1)
-
+            comp = decoder(compiled, strings, shape, h, w)
             comp()  # compiles here, not in the timed rounds
             checks[f"N{n}"]["compiled_g_s"] = {"max_abs_diff": float((comp() - ref).abs().max())}
             variants[f"N{n}/compiled_g_s"] = lambda fn=comp: timed(fn, device)
