@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes = [f"lic_kd's header: {absolute['header_bytes_per_image']['mean']:.0f} bytes per image ({header_bpp:.6f} bpp); "
              f"coding (compress + decompress of every image): lic_kd {coding:.1f} s, eval_model {their_coding:.1f} s; "
              f"the rest of lic_kd's {med['lic_kd']:.1f} s is start-up, reading and checking the images, the estimate forward "
-             f"and the latency/memory profile (a fresh process)"]
+             f"and the latency/memory profile"]
     return finish("evaluate_parity", args, env, settings, ratios, absolute, notes)
 
 

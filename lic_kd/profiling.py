@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -141,7 +140,7 @@ def profile(encode: Callable[[], Any], decode: Callable[..., Any], decode_args: 
         decode_once()
         memory = {"decode_peak_bytes": torch.cuda.max_memory_allocated(device) - base, "source": "torch.cuda"}
     else:
-        memory = decode_peak_in_fresh_process(decode, decode_args)
+        memory = decode_peak_memory(decode, decode_args)
     return {"latency": latency, "energy": energy, "memory": memory}
 
 
@@ -159,24 +158,25 @@ def profile_autoencoder(net: nn.Module, x_padded: torch.Tensor, device: torch.de
     return profile(lambda: net.g_a(x_padded), net.g_s, (net.g_a(x_padded),), x_padded, device, repeats)
 
 
-_DECODE_ONCE = """
-import sys, torch
-from lic_kd.profiling import peak_rss_during
-decode, args = torch.load(sys.argv[1], weights_only=False)
-with torch.inference_mode():
-    print(peak_rss_during(lambda: decode(*args)))
-"""
+def decode_peak_memory(decode: Callable[..., Any], decode_args: tuple, repeats: int = 3) -> dict[str, Any]:
+    """Peak extra resident memory of one CPU `decode(*decode_args)`: the median over `repeats` calls of
+    peak_rss_during, each after malloc_trim has handed the allocator's free pages back to the system, so
+    that memory freed by earlier work must be faulted in again and counts (without the trim it would hide
+    the decoder's own needs). Cheaper and steadier than a fresh process, whose figure also counts the
+    first touch of library code."""
+    peaks = []
+    for _ in range(repeats):
+        _release_free_memory()
+        peak = peak_rss_during(lambda: decode(*decode_args))
+        if peak is None:
+            return {"decode_peak_bytes": None, "source": "unavailable", "reason": "no /proc/self/clear_refs or VmHWM"}
+        peaks.append(peak)
+    return {"decode_peak_bytes": int(statistics.median(peaks)), "source": f"VmHWM after malloc_trim, median of {repeats}"}
 
 
-def decode_peak_in_fresh_process(decode: Callable[..., Any], decode_args: tuple) -> dict[str, Any]:
-    """Peak extra resident memory of one CPU `decode(*decode_args)` (a bound method or module, pickled with
-    its network), in a new process: in this one the allocator already holds memory from earlier work,
-    which would hide the decoder's own needs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "decoder.pt"
-        torch.save((decode, decode_args), path)
-        proc = subprocess.run([sys.executable, "-c", _DECODE_ONCE, str(path)], capture_output=True, text=True, timeout=900)
-    value = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else "None"
-    if value == "None":
-        return {"decode_peak_bytes": None, "source": "unavailable", "reason": (proc.stderr.strip().splitlines() or ["no /proc"])[-1][:300]}
-    return {"decode_peak_bytes": int(value), "source": "VmHWM of a fresh process"}
+def _release_free_memory() -> None:
+    """glibc's malloc_trim(0); a no-op where the C library has none."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -79,12 +79,12 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
     from conftest import REPO
 
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "lic_kd.train", "-m", "experiment=smoke", *SLURM, "steps=3000", "val_every=100",
+    args = [sys.executable, "-m", "lic_kd.train", "-m", "experiment=smoke", *SLURM, "steps=1000", "val_every=50",
             "student.N=8", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
     deadline, job, batch = time.monotonic() + 600, None, 0
-    while time.monotonic() < deadline and proc.poll() is None and batch < 300:
+    while time.monotonic() < deadline and proc.poll() is None and batch < 100:
         time.sleep(1)
         if job is None and (sweep / ".submitit").is_dir():  # submitit: a folder per job (<id>, or <id>_<task> in an array)
             job = next((p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)), None)
@@ -94,7 +94,7 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
             except Exception:  # caught mid-write
                 pass
     try:
-        assert job and 300 <= batch < 3000, f"the job was not caught mid-training (batch {batch})"
+        assert job and 100 <= batch < 1000, f"the job was not caught mid-training (batch {batch})"
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         out, _ = proc.communicate(timeout=900)
     finally:
@@ -103,11 +103,11 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
             subprocess.run(["scancel", job or "0"], capture_output=True)
     assert proc.returncode == 0, out[-3000:]
     run = sweep / "0"
-    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 3000
+    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 1000
     assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
     assert "REQUEUED" in sacct(job)["state"].tolist()
-    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 3000", (run / "train.log").read_text())]
-    assert len(resumed_at) == 1 and resumed_at[0] >= 300  # from the checkpoint it had, not from scratch
+    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 1000", (run / "train.log").read_text())]
+    assert len(resumed_at) == 1 and resumed_at[0] >= 100  # from the checkpoint it had, not from scratch
 
 
 def test_an_impossible_request_is_an_error_before_anything_is_submitted(tmp_path):
