@@ -177,7 +177,7 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
         net = build_net(net_cfg)
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
-        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher", "init")}
+        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher", "init", "prune")}
         meta["steps"] = ckpt.get("global_step", 0) // optimizer_steps_per_batch(net)
     else:
         if architecture is None:
@@ -190,7 +190,7 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
         except Exception as err:
             raise CheckpointError(f"{path} does not hold a {architecture} state dict: {err}") from err
         net_cfg = {"_target_": architecture, **{k: getattr(net, k) for k in ("N", "M") if hasattr(net, k)}}
-        meta = {"role": "external", "loss": None, "teacher": None, "init": None, "steps": None}
+        meta = {"role": "external", "loss": None, "teacher": None, "init": None, "prune": None, "steps": None}
     return net, net_cfg, meta
 
 

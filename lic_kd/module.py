@@ -37,17 +37,19 @@ class CodecModule(L.LightningModule):
         teacher: dict | None = None,
         init: str = "random",
         calibration: torch.Tensor | None = None,
+        prune: dict | None = None,
     ) -> None:
         """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
         `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
         `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from;
-        `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.prune)."""
+        `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.prune);
+        `prune`: the prune group's settings, recorded (train.apply_pruning has already set widths and init)."""
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.save_hyperparameters(
             {k: _plain(v) for k, v in dict(net=net, loss=loss, optimizer=optimizer, scheduler=scheduler,
-                                          role=role, teacher=teacher, init=init).items()}
+                                          role=role, teacher=teacher, init=init, prune=prune).items()}
         )
         self.automatic_optimization = False
         self.net = build_net(self.hparams.net)

@@ -123,6 +123,21 @@ def _prune_entropy_bottleneck(source: nn.Module, target: nn.Module, idx: torch.T
         dict(target.named_parameters())[name].copy_(param[idx])
 
 
+CRITERIA = ("contribution", "l1")
+
+
+def pruned_widths(source: nn.Module, keep: float) -> dict[str, int]:
+    """The widths of `source` with `keep` of its transforms' channels (N, and hyper_N where the family has
+    its own), rounded, at least one each. The latent width M stays: it is what the entropy coder codes and
+    what KD on y compares with the teacher, and it is a small part of the decoder's work."""
+    if _family(source) is None:
+        raise ValueError(f"channel pruning supports {', '.join(c.__name__ for c in SUPPORTED)}, not {type(source).__name__}")
+    if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 < keep <= 1:
+        raise ValueError(f"prune.keep must be the fraction of channels kept, in (0, 1], got {keep!r}")
+    names = ("N", "hyper_N") if hasattr(source, "hyper_N") else ("N",)
+    return {"M": source.M} | {name: max(1, round(keep * getattr(source, name))) for name in names}
+
+
 def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None = None) -> None:
     """Initialise `target` from `source` (same family, widths at most the source's), keeping the most
     important channels of every layer, measured on `images` (a batch of training crops) when given. Equal

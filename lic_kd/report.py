@@ -28,7 +28,7 @@ RD_COLUMNS = [
     "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
 ]
 # Columns for the figures and the complexity table that the RD table does not print.
-EXTRA_COLUMNS = ["checkpoint", "params_encoder", "params_decoder", "size_mb", "decode_energy_j", "decoder_fps", "decode_peak_mb"]
+EXTRA_COLUMNS = ["prune_keep", "checkpoint", "params_encoder", "params_decoder", "size_mb", "decode_energy_j", "decoder_fps", "decode_peak_mb"]
 
 
 def ms_ssim_db(value: float | None) -> float | None:
@@ -80,6 +80,8 @@ def curve_label(run: dict[str, Any]) -> str:
         return f"{run['architecture']} [ref]"
     arch = "" if run["architecture"] == "ScaleHyperprior" else f"{run['architecture']}-"
     role = "kd-hybrid" if run.get("kd_variant") == "hybrid" else run["role"]
+    if run.get("prune"):  # a pruned copy of its teacher: a curve of its own
+        role = f"pruned{run['prune']['keep']:g}-{role}"
     if run.get("N") is None:  # a network without widths (learned JPEG): its architecture names it
         return f"{role}-{run['architecture']}"
     return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
@@ -108,6 +110,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
         rows.append({
             **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "seed", "run_dir")},
             "init": _init_label(run.get("init")),
+            "prune_keep": (run.get("prune") or {}).get("keep"),
             "curve": curve_label(run),
             "weights": json.dumps(curve_settings(run), sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
@@ -335,7 +338,7 @@ def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate:
     t_params = t_rows["params"].mean() if not t_rows.empty else float("nan")
     t_fps = t_rows["decoder_fps"].mean() if not t_rows.empty else float("nan")
     rows = []
-    keys = ["architecture", "N", "M", "init", "steps"]
+    keys = ["architecture", "N", "M", "init", "prune_keep", "steps"]
     for key, group in learned.groupby(keys, dropna=False, sort=True):
         plain = group[group["role"] == "student"]
         for kd_curve, kd in group[group["role"] == "kd"].groupby("curve", sort=False):

@@ -69,6 +69,7 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "kd_variant": None if kind != "kd" else ("hybrid" if teacher.get("z_checkpoint") else "single"),
         "teacher": meta.get("teacher"),
         "init": meta.get("init") or "random",
+        "prune": meta.get("prune"),  # {keep, criterion} of a pruned copy of the teacher, else None
         # the network's settings besides its widths (e.g. a learned JPEG's subsampling): they make curves too
         "model_options": {k: v for k, v in net.items() if k not in ("_target_", "N", "M")},
         "steps": meta.get("steps"),

@@ -18,13 +18,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
 from lic_kd.errors import run_cli
 from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, summary
 from lic_kd.models import load_net
 from lic_kd.profiling import use_threads
+from lic_kd.prune import CRITERIA, pruned_widths
 from lic_kd.module import CodecModule
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
 
@@ -61,6 +62,27 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.objective.get("metric") == "ms-ssim" and crop < MS_SSIM_MIN_SIDE:
         raise ValueError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
                          f"(5 scales of 11x11 windows), got {crop}: set data.crop_size and data.val_crop_size to 192 or more")
+
+
+def apply_pruning(cfg: DictConfig) -> None:
+    """prune=channels: this run's network is the teacher (at this run's lmbda) with prune.keep of the
+    channels of every layer, started from its most important ones (student.init=teacher, lic_kd.prune)."""
+    prune = cfg.get("prune")
+    if not prune:
+        return
+    if prune.get("criterion") not in CRITERIA:
+        raise ValueError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got {prune.get('criterion')!r}")
+    if not cfg.teacher.get("checkpoint"):
+        raise ValueError("prune needs the trained network to prune: set teacher.checkpoint=PATH")
+    if cfg.student.get("init") not in (None, "random", "teacher"):
+        raise ValueError(f"prune starts from teacher.checkpoint, not from student.init={cfg.student.init}: drop one of the two")
+    source, _ = load_net(cfg.teacher.checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.lmbda)
+    widths = pruned_widths(source, prune.get("keep"))
+    with open_dict(cfg):
+        cfg.student.N, cfg.student.M, cfg.student.init = widths["N"], widths["M"], "teacher"
+        if "hyper_N" in widths and "hyper_N" in cfg.model:
+            cfg.model.hyper_N = widths["hyper_N"]
+    log.info("pruning %s to %s", type(source).__name__, ", ".join(f"{k}={v}" for k, v in widths.items()))
 
 
 def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
@@ -114,9 +136,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
     check_config(cfg)
+    apply_pruning(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.check()
     init = cfg.student.get("init") or "random"
+    criterion = (cfg.get("prune") or {}).get("criterion")
     module = CodecModule(
         net=cfg.model,
         loss=cfg.loss,
@@ -125,7 +149,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         role=cfg.role,
         teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
         init=init,
-        calibration=datamodule.calibration_images() if init != "random" else None,
+        calibration=datamodule.calibration_images() if init != "random" and criterion != "l1" else None,
+        prune=OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None,
     )
     module.check_kd_shapes()
 

@@ -88,3 +88,58 @@ def test_wider_or_other_family_is_an_error():
         prune_into(ScaleHyperprior(8, 16), ScaleHyperprior(16, 16))
     with pytest.raises(ValueError, match="same family"):
         prune_into(ScaleHyperprior(8, 16), MeanScaleHyperprior(8, 16))
+
+
+def test_pruned_widths_round_and_refuse_a_bad_fraction():
+    from lic_kd.prune import pruned_widths
+
+    assert pruned_widths(ScaleHyperprior(64, 192), 0.5) == {"N": 32, "M": 192}  # the latent width stays
+    assert pruned_widths(ScaleHyperprior(8, 16), 0.01) == {"N": 1, "M": 16}
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(ValueError, match="prune.keep must be the fraction of channels kept"):
+            pruned_widths(ScaleHyperprior(8, 16), bad)
+
+
+def test_prune_group_fine_tunes_a_smaller_dense_copy_with_and_without_kd(teacher_sweep, tmp_path):
+    """prune=channels through the entry point: a genuinely smaller network (fewer parameters and MACs), coded
+    for real, its own curve in the report, plain and KD fine-tuning paired in the distillation table."""
+    import json
+
+    import pandas as pd
+    from conftest import run_module, train
+
+    sweep = tmp_path / "pruned"
+    train("-m", "prune=channels", "prune.keep=0.5", "role=student,kd", "lmbda=0.005", f"teacher.checkpoint={teacher_sweep}",
+          f"hydra.sweep.dir={sweep}")
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    teacher = next(json.loads(p.read_text()) for p in teacher_sweep.glob("*/results.json")
+                   if json.loads(p.read_text())["run"]["lmbda"] == 0.005)
+    assert len(results) == 2
+    for r in results:
+        assert r["run"]["prune"] == {"keep": 0.5, "criterion": "contribution"} and r["run"]["init"] == "teacher"
+        assert (r["run"]["N"], r["run"]["M"]) == (4, 16) and r["metrics"]["bpp"] > 0
+        assert r["params"] < teacher["params"] and r["complexity"]["kmac_per_pixel_decoder"] < teacher["complexity"]["kmac_per_pixel_decoder"]
+    run_module("lic_kd.report", str(teacher_sweep), str(sweep), "--name", "p", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    rd = pd.read_csv(tmp_path / "rep" / "p" / "rd_table.csv")
+    assert {"pruned0.5-student-N4-M16", "pruned0.5-kd-N4-M16"} <= set(rd["curve"])
+    distill = pd.read_csv(tmp_path / "rep" / "p" / "distillation.csv")
+    assert distill.loc[0, "plain_curve"] == "pruned0.5-student-N4-M16" and distill.loc[0, "prune_keep"] == 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prune.keep=2", "prune.keep must be the fraction of channels kept, in (0, 1], got 2"),
+    ("prune.criterion=random", "prune.criterion must be one of contribution, l1, got 'random'"),
+])
+def test_a_bad_prune_setting_is_one_line(teacher_sweep, tmp_path, override, message):
+    from conftest import train
+
+    proc = train("prune=channels", override, f"teacher.checkpoint={teacher_sweep}", "lmbda=0.005",
+                 f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_prune_without_a_network_to_prune_is_an_error(tmp_path):
+    from conftest import train
+
+    proc = train("prune=channels", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0 and "prune needs the trained network to prune: set teacher.checkpoint=PATH" in proc.stderr
