@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lmbda", type=float, default=None, help="the run of a sweep dir or the rung of a ladder")
     args = parser.parse_args(argv)
     try:
-        net, _ = load_net(args.checkpoint, lmbda=args.lmbda)
+        net, meta = load_net(args.checkpoint, lmbda=args.lmbda)
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
+    if meta.get("quant"):
+        parser.exit(2, f"error: {args.checkpoint} is a fixed-point run (quant.mode={meta['quant']['mode']}): its input "
+                       "quantizers have no CompressAI equivalent, so eval_model could not reproduce it\n")
     path, _ = export_compressai(net, args.out)
     arch = COMPRESSAI_NAMES.get(type(net).__name__, type(net).__name__)
     print(f"{path}\nread it with: python -m compressai.utils.eval_model checkpoint IMAGES -a {arch} -p {path}")

@@ -175,9 +175,13 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
     if "net" in hparams:  # written by lic_kd's LightningModule
         net_cfg = dict(hparams["net"])
         net = build_net(net_cfg)
+        if hparams.get("quant"):  # fixed point: the parametrized layers' keys, and the calibrated ranges
+            from lic_kd.quant import quantize
+
+            quantize(net, dict(hparams["quant"]))
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
-        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher", "init", "prune")}
+        meta = {k: hparams.get(k) for k in ("role", "loss", "teacher", "init", "prune", "quant")}
         meta["steps"] = ckpt.get("global_step", 0) // optimizer_steps_per_batch(net)
     else:
         if architecture is None:
@@ -190,7 +194,7 @@ def _net_from_checkpoint(ckpt: dict, path: Path, architecture: str | None) -> tu
         except Exception as err:
             raise CheckpointError(f"{path} does not hold a {architecture} state dict: {err}") from err
         net_cfg = {"_target_": architecture, **{k: getattr(net, k) for k in ("N", "M") if hasattr(net, k)}}
-        meta = {"role": "external", "loss": None, "teacher": None, "init": None, "prune": None, "steps": None}
+        meta = {"role": "external", "loss": None, "teacher": None, "init": None, "prune": None, "quant": None, "steps": None}
     return net, net_cfg, meta
 
 

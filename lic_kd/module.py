@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lic_kd.losses import DistillationLoss, RateDistortionLoss
 from lic_kd.prune import prune_into
+from lic_kd.quant import calibrate, quantize
 from lic_kd.models import build_net, capture_latents, load_net, optimizer_steps_per_batch
 
 ROLES = ("teacher", "student", "kd")
@@ -38,18 +39,21 @@ class CodecModule(L.LightningModule):
         init: str = "random",
         calibration: torch.Tensor | None = None,
         prune: dict | None = None,
+        quant: dict | None = None,
     ) -> None:
         """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
         `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
         `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from;
         `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.prune);
-        `prune`: the prune group's settings, recorded (train.apply_pruning has already set widths and init)."""
+        `prune`: the prune group's settings, recorded (train.apply_pruning has already set widths and init);
+        `quant`: the quant group's settings: the network is made fixed point after its initialisation and its
+        activation ranges calibrated on `calibration` (lic_kd.quant)."""
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.save_hyperparameters(
             {k: _plain(v) for k, v in dict(net=net, loss=loss, optimizer=optimizer, scheduler=scheduler,
-                                          role=role, teacher=teacher, init=init, prune=prune).items()}
+                                          role=role, teacher=teacher, init=init, prune=prune, quant=quant).items()}
         )
         self.automatic_optimization = False
         self.net = build_net(self.hparams.net)
@@ -66,6 +70,11 @@ class CodecModule(L.LightningModule):
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
         self._initialise(init, teacher, getattr(task, "lmbda", None), calibration)
+        if quant:
+            if calibration is None:
+                raise ValueError("quantization needs calibration images (training crops)")
+            quantize(self.net, quant)
+            calibrate(self.net, calibration)
         self.teacher = self.z_teacher = None
         if self.is_kd:
             if not teacher or not teacher.get("checkpoint"):

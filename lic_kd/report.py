@@ -28,7 +28,7 @@ RD_COLUMNS = [
     "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
 ]
 # Columns for the figures and the complexity table that the RD table does not print.
-EXTRA_COLUMNS = ["prune_keep", "checkpoint", "params_encoder", "params_decoder", "size_mb", "decode_energy_j", "decoder_fps", "decode_peak_mb"]
+EXTRA_COLUMNS = ["prune_keep", "quant", "weight_bits", "model_bytes", "checkpoint", "params_encoder", "params_decoder", "size_mb", "decode_energy_j", "decoder_fps", "decode_peak_mb"]
 
 
 def ms_ssim_db(value: float | None) -> float | None:
@@ -73,6 +73,11 @@ def failure_reason(run_dir: Path) -> str:
     return f"no {RESULTS_FILE}: the run did not finish"
 
 
+def quant_label(quant: dict[str, Any] | None) -> str | None:
+    """ptq-w8a8-decoder: how a fixed-point run got there, its weight and activation bits, and where."""
+    return None if not quant else f"{quant['mode']}-w{quant['weight_bits']}a{quant['activation_bits']}-{quant['parts']}"
+
+
 def curve_label(run: dict[str, Any]) -> str:
     if run["role"] == "codec":
         return run["architecture"]
@@ -82,6 +87,8 @@ def curve_label(run: dict[str, Any]) -> str:
     role = "kd-hybrid" if run.get("kd_variant") == "hybrid" else run["role"]
     if run.get("prune"):  # a pruned copy of its teacher: a curve of its own
         role = f"pruned{run['prune']['keep']:g}-{role}"
+    if run.get("quant"):  # fixed point: a curve of its own
+        role = f"{quant_label(run['quant'])}-{role}"
     if run.get("N") is None:  # a network without widths (learned JPEG): its architecture names it
         return f"{role}-{run['architecture']}"
     return f"{role}-{arch}N{run['N']}" + (f"-M{run['M']}" if run.get("M") is not None else "")
@@ -100,6 +107,7 @@ def curve_settings(run: dict[str, Any]) -> dict[str, Any]:
     return {**(run.get("loss_weights") or {}), **{k: v for k, v in (run.get("objective") or {}).items() if k != "lmbda"},
             **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None},
             **{f"model.{k}": v for k, v in (run.get("model_options") or {}).items()},
+            **({"quant.rounding": run["quant"]["rounding"]} if run.get("quant") else {}),
             "init": _init_label(run.get("init")) or "random"}
 
 
@@ -111,6 +119,9 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
             **{k: run.get(k) for k in ("role", "architecture", "N", "M", "lmbda", "quality", "steps", "seed", "run_dir")},
             "init": _init_label(run.get("init")),
             "prune_keep": (run.get("prune") or {}).get("keep"),
+            "weight_bits": (run.get("quant") or {}).get("weight_bits"),
+            "quant": quant_label(run.get("quant")),
+            "model_bytes": (r.get("complexity") or {}).get("model_bytes"),
             "curve": curve_label(run),
             "weights": json.dumps(curve_settings(run), sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
@@ -338,7 +349,7 @@ def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate:
     t_params = t_rows["params"].mean() if not t_rows.empty else float("nan")
     t_fps = t_rows["decoder_fps"].mean() if not t_rows.empty else float("nan")
     rows = []
-    keys = ["architecture", "N", "M", "init", "prune_keep", "steps"]
+    keys = ["architecture", "N", "M", "init", "prune_keep", "quant", "steps"]
     for key, group in learned.groupby(keys, dropna=False, sort=True):
         plain = group[group["role"] == "student"]
         for kd_curve, kd in group[group["role"] == "kd"].groupby("curve", sort=False):

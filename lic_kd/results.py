@@ -70,6 +70,7 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "teacher": meta.get("teacher"),
         "init": meta.get("init") or "random",
         "prune": meta.get("prune"),  # {keep, criterion} of a pruned copy of the teacher, else None
+        "quant": meta.get("quant"),  # {mode, weight_bits, activation_bits, rounding, parts} of a fixed-point run
         # the network's settings besides its widths (e.g. a learned JPEG's subsampling): they make curves too
         "model_options": {k: v for k, v in net.items() if k not in ("_target_", "N", "M")},
         "steps": meta.get("steps"),
@@ -79,8 +80,9 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
     from lic_kd.complexity import complexity
+    from lic_kd.quant import bits_by_part, model_bytes
 
-    counts = complexity(net)
+    counts = complexity(net) | {"bits": bits_by_part(net, identity.get("quant")), "model_bytes": model_bytes(net)}
     return {
         "run": identity,
         "metrics": evaluation["metrics"],
@@ -89,7 +91,8 @@ def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: di
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
         **{k: evaluation.get(k) for k in ("latency", "energy", "memory")},
-        **({"codec": evaluation["codec"]} if "codec" in evaluation else {}),  # a learned JPEG's tables and rate proxy
+        **({"codec": evaluation["codec"]} if "codec" in evaluation else {}),
+        **({"determinism": evaluation["determinism"]} if "determinism" in evaluation else {}),  # fixed-point runs  # a learned JPEG's tables and rate proxy
         "environment": environment(),
         "images": evaluation["images"],
     }

@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
 from lic_kd.errors import run_cli
-from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, summary
+from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, pad, summary
+from lic_kd.data import load_rgb, to_tensor
 from lic_kd.models import load_net
 from lic_kd.profiling import use_threads
 from lic_kd.prune import CRITERIA, pruned_widths
+from lic_kd.quant import check_spec, decode_determinism, determinism_summary
 from lic_kd.module import CodecModule
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
 
@@ -85,6 +87,31 @@ def apply_pruning(cfg: DictConfig) -> None:
     log.info("pruning %s to %s", type(source).__name__, ", ".join(f"{k}={v}" for k, v in widths.items()))
 
 
+def check_quant(cfg: DictConfig) -> None:
+    """quant=ptq|qat: the settings, and a trained network to start from."""
+    quant = cfg.get("quant")
+    if not quant:
+        return
+    check_spec(OmegaConf.to_container(quant))
+    if (cfg.student.get("init") or "random") == "random":
+        raise ValueError(f"quant={quant.mode} quantizes a trained network: set student.init=CHECKPOINT, or "
+                         "student.init=teacher with teacher.checkpoint=PATH")
+
+
+def save_untrained_checkpoint(module: CodecModule, checkpoints: Path) -> None:
+    """Post-training quantization trains nothing: its calibrated network is written as best.ckpt and
+    last.ckpt in Lightning's layout, so that evaluation, resume and reports read it like any run's."""
+    import lightning
+
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
+            "epoch": 0, "pytorch-lightning_version": lightning.__version__}
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        tmp = checkpoints / f".{name}.tmp"
+        torch.save(ckpt, tmp)
+        tmp.replace(checkpoints / name)
+
+
 def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
     """The checkpoint to resume from and its global step: last.ckpt, else best.ckpt. A file that cannot be
     read (a run killed while writing it) is set aside under a new name, said in the log, and the next one
@@ -137,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
     check_config(cfg)
     apply_pruning(cfg)
+    check_quant(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.check()
     init = cfg.student.get("init") or "random"
@@ -149,8 +177,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         role=cfg.role,
         teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
         init=init,
-        calibration=datamodule.calibration_images() if init != "random" and criterion != "l1" else None,
+        calibration=datamodule.calibration_images() if (init != "random" and criterion != "l1") or cfg.get("quant") else None,
         prune=OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None,
+        quant=OmegaConf.to_container(cfg.quant) if cfg.get("quant") else None,
     )
     module.check_kd_shapes()
 
@@ -165,18 +194,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=[instantiate(c) for c in cfg.logger.values()],
         plugins=plugins,
     )
-    resume = resume_checkpoint(run_dir / "checkpoints")
-    if resume is not None:
-        log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // module.optimizer_steps_per_batch, cfg.steps)
-    # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
-    if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
-        return {}
+    if (cfg.get("quant") or {}).get("mode") == "ptq":
+        log.info("post-training quantization: calibrated on training crops, no training")
+        save_untrained_checkpoint(module, run_dir / "checkpoints")
+    else:
+        resume = resume_checkpoint(run_dir / "checkpoints")
+        if resume is not None:
+            log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // module.optimizer_steps_per_batch, cfg.steps)
+        # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
+        if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
+            return {}
     steps_done = torch.load(last, map_location="cpu", weights_only=False)["global_step"]  # spawned DDP: not in this process's trainer
 
     net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
     log.info("evaluating %d images with %s", len(datamodule.eval_paths), meta["checkpoint"])
     evaluation = evaluate_net(net, datamodule.eval_paths, run_dir, cfg.eval.device)
+    if cfg.get("quant"):  # the reason for fixed point: the same decoded image on 1 and 2 threads?
+        evaluation["determinism"] = decode_determinism(net, pad(to_tensor(load_rgb(datamodule.eval_paths[0]))[None]))
+        log.info("decoding twice, 1 and 2 threads: %s", determinism_summary(evaluation["determinism"]))
     identity = run_identity(meta) | {
         "steps": steps_done // module.optimizer_steps_per_batch,
         "devices": trainer.world_size,
