@@ -27,7 +27,7 @@ TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune 
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo demo-teachers teachers study codecs report figures families variants slurm-up slurm-down bench clean
+.PHONY: install test test-all demo demo-teachers teachers study frugal codecs report figures families variants slurm-up slurm-down bench clean
 
 install: $(INSTALLED)
 
@@ -82,6 +82,26 @@ study: install codecs
 		student.N=$(STUDY_WIDTHS) lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
 		hydra.sweep.dir=$(STUDY_DIR)/students
 	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)
+
+# Frugal codecs on the shipped ladder, each technique alone and all three in one command: structured pruning
+# (prune.keep of the teacher's channels, fine-tuned plain and with KD from the unpruned teacher), post-training
+# fixed point of the teachers (quant.weight_bits), and a pruned, distilled, quantization-aware student; one
+# report with BD-rate against decoder kMAC and against model bytes.
+FRUGAL_DIR ?= outputs/frugal
+FRUGAL_LAMBDAS ?= 0.0009,0.0018,0.0035
+FRUGAL_KEEP ?= 0.5,0.25
+FRUGAL_BITS ?= 6,8
+FRUGAL_ARGS = -m launcher=$(DEMO_LAUNCHER) lmbda=$(FRUGAL_LAMBDAS) teacher.checkpoint=$(TEACHERS)
+frugal: install
+	$(PY) -m lic_kd.evaluate -m launcher=$(DEMO_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(FRUGAL_LAMBDAS) \
+		hydra.sweep.dir=$(FRUGAL_DIR)/teachers
+	$(PY) -m lic_kd.train $(FRUGAL_ARGS) experiment=demo prune=channels prune.keep=$(FRUGAL_KEEP) role=student,kd \
+		hydra.sweep.dir=$(FRUGAL_DIR)/pruned
+	$(PY) -m lic_kd.train $(FRUGAL_ARGS) quant=ptq quant.weight_bits=$(FRUGAL_BITS) student.init=teacher \
+		student.N=64 student.M=96 hydra.sweep.dir=$(FRUGAL_DIR)/ptq
+	$(PY) -m lic_kd.train $(FRUGAL_ARGS) experiment=demo prune=channels prune.keep=0.5 role=kd quant=qat \
+		quant.weight_bits=8 hydra.sweep.dir=$(FRUGAL_DIR)/combined
+	$(PY) -m lic_kd.report $(FRUGAL_DIR)/teachers $(FRUGAL_DIR)/pruned $(FRUGAL_DIR)/ptq $(FRUGAL_DIR)/combined --name frugal
 
 # JPEG, WebP, JPEG 2000 and AVIF (Pillow) at their quality ladders on Kodak: real files, same metrics.
 CODEC_POINTS ?= 5

@@ -76,10 +76,14 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, lower_is_better: bool = T
     return points.loc[front].drop(columns="_y")
 
 
-def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
-    """BD-rate and BD-PSNR of each learned curve against its decoder kMAC/px, Pareto fronts marked; False
-    when no curve has either value."""
-    kmac = rd.groupby("curve")["kmac_decoder"].first()
+COST_AXES = {"kmac_decoder": "decoder complexity (kMAC / pixel, log scale)",
+             "model_bytes": "model size at its word lengths (bytes, log scale)"}
+
+
+def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path, cost: str = "kmac_decoder") -> bool:
+    """BD-rate and BD-PSNR of each learned curve against what it costs (`cost`: decoder kMAC/px, or model
+    bytes at its word lengths), Pareto fronts marked; False when no curve has either value."""
+    kmac = rd.groupby("curve")[cost].first()
     anchor = bd["anchor"].dropna().iloc[0] if bd["anchor"].notna().any() else None
     points = bd.assign(kmac=lambda d: d["curve"].map(kmac)).dropna(subset=["kmac"])
     if anchor in kmac.index and not pd.isna(kmac[anchor]):
@@ -102,7 +106,7 @@ def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path) -> bool:
         else:
             ax.text(0.5, 0.5, "no curve has a value: see bd_rate.md for the reasons", ha="center", transform=ax.transAxes, color="grey")
         ax.set_xscale("log")
-        ax.set_xlabel("decoder complexity (kMAC / pixel, log scale)")
+        ax.set_xlabel(COST_AXES[cost])
         ax.set_ylabel(label)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)

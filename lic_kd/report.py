@@ -460,6 +460,8 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
         figures.rd_curves(rd, out / "rd_curves.png")
     made["quality_vs_kmac.png"] = not unrated.empty and figures.quality_vs_complexity(unrated, out / "quality_vs_kmac.png")
     made["bd_rate_vs_kmac.png"] = figures.bd_vs_complexity(bd, rd, out / "bd_rate_vs_kmac.png")
+    quantized = "quant" in rd and rd["quant"].notna().any()  # word lengths differ: size in bytes is the cost axis
+    made["bd_rate_vs_bytes.png"] = quantized and figures.bd_vs_complexity(bd, rd, out / "bd_rate_vs_bytes.png", "model_bytes")
     made["complexity_vs_width.png"] = figures.complexity_vs_width(rd, out / "complexity_vs_width.png")
     images = {p.name: p for p in images_dir.glob("*")} if images_dir.is_dir() else {}
     made["visual_comparison.png"] = figures.visual_comparison(rd, images, out / "visual_comparison.png")
@@ -472,6 +474,8 @@ def write_figures(rd: pd.DataFrame, bd: pd.DataFrame, complexity: pd.DataFrame, 
                      "## Rate-distortion curves\n", "![RD curves](rd_curves.png)\n",
                      "## BD-rate against decoder complexity\n",
                      "![BD-rate vs kMAC](bd_rate_vs_kmac.png)\n" if made["bd_rate_vs_kmac.png"] else "(no curve has a BD-rate value: see the table)\n",
+                     "Fixed-point curves (ptq-/qat-w<weight bits>a<activation bits>-<parts>) against model size at their word "
+                     "lengths:\n\n![BD-rate vs model bytes](bd_rate_vs_bytes.png)\n" if made["bd_rate_vs_bytes.png"] else "",
                      bd.to_markdown(index=False, floatfmt=".4g") + "\n"]
     codecs = extra.get("teacher_vs_codecs", pd.DataFrame())
     if not codecs.empty:

@@ -126,3 +126,12 @@ def test_a_bad_quant_setting_is_one_line(teacher_sweep, tmp_path, override, mess
     proc = train("quant=ptq", "student.init=teacher", override, f"teacher.checkpoint={teacher_sweep}", "lmbda=0.005",
                  f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_pruned_distilled_quantized_student_is_one_command(teacher_sweep, tmp_path):
+    run = tmp_path / "all3"
+    train("prune=channels", "prune.keep=0.5", "role=kd", "quant=qat", "quant.weight_bits=8", f"teacher.checkpoint={teacher_sweep}",
+          "lmbda=0.005", f"hydra.run.dir={run}")
+    r = json.loads((run / "results.json").read_text())
+    assert r["run"]["role"] == "kd" and r["run"]["N"] == 4 and r["run"]["prune"]["keep"] == 0.5
+    assert r["run"]["quant"]["mode"] == "qat" and r["run"]["steps"] == 4 and r["metrics"]["bpp"] > 0

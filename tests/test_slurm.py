@@ -69,6 +69,18 @@ def test_a_failed_job_leaves_the_others_and_the_report_lists_it(tmp_path):
     assert len(missing) == 1 and "network width N must be a positive integer" in missing["reason"][0]
 
 
+def release_when_requeued(job: str, timeout: float = 120) -> None:
+    """SLURM holds a requeued job for about two minutes (its begin time); the administrator's
+    `scontrol update StartTime=now` lets it start at once, so the test waits for lic_kd, not for SLURM."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            return
+        time.sleep(0.5)
+
+
 def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
     """SLURM's warning signal (USR2: what `--signal` sends before a time limit, and what preemption sends) makes
     submitit requeue the job into the same run directory, which resumes from last.ckpt. The signal is sent by
@@ -79,7 +91,7 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
     from conftest import REPO
 
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "lic_kd.train", "-m", "experiment=smoke", *SLURM, "steps=1000", "val_every=50",
+    args = [sys.executable, "-m", "lic_kd.train", "-m", "experiment=smoke", *SLURM, "steps=500", "val_every=50",
             "student.N=8", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
@@ -94,8 +106,9 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
             except Exception:  # caught mid-write
                 pass
     try:
-        assert job and 100 <= batch < 1000, f"the job was not caught mid-training (batch {batch})"
+        assert job and 100 <= batch < 500, f"the job was not caught mid-training (batch {batch})"
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        release_when_requeued(job)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -103,10 +116,10 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
             subprocess.run(["scancel", job or "0"], capture_output=True)
     assert proc.returncode == 0, out[-3000:]
     run = sweep / "0"
-    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 1000
+    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 500
     assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
     assert "REQUEUED" in sacct(job)["state"].tolist()
-    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 1000", (run / "train.log").read_text())]
+    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 500", (run / "train.log").read_text())]
     assert len(resumed_at) == 1 and resumed_at[0] >= 100  # from the checkpoint it had, not from scratch
 
 
