@@ -438,10 +438,11 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
 
 
 def complexity_table(rd: pd.DataFrame) -> pd.DataFrame:
-    """One row per learned architecture (role, N, M): size, compute and speed."""
+    """One row per learned curve (role, N, M, and its pruning or word lengths): size, compute and speed;
+    `weight_bits` is empty for float networks, `model_bytes` is the size at the stored word lengths."""
     learned = rd[rd["role"].isin(["teacher", "student", "kd"])]
-    columns = ["params", "params_encoder", "params_decoder", "size_mb", "kmac_encoder", "kmac_decoder", "encode_s", "decode_s",
-               "decoder_fps", "decode_peak_mb", "decode_energy_j"]
+    columns = ["params", "params_encoder", "params_decoder", "size_mb", "weight_bits", "model_bytes", "kmac_encoder", "kmac_decoder",
+               "encode_s", "decode_s", "decoder_fps", "decode_peak_mb", "decode_energy_j"]
     if learned.empty:
         return pd.DataFrame(columns=["curve", "role", "N", "M"] + columns)
     table = learned.groupby(["curve", "role", "N", "M"], sort=False)[columns].mean().reset_index()
