@@ -186,9 +186,10 @@ def float_twin(net: nn.Module) -> nn.Module:
 
 
 def decode_determinism(net: nn.Module, x_padded: torch.Tensor) -> dict[str, Any]:
-    """Code `x_padded` once, decode the bitstream with 1 and with 2 CPU threads, and compare what the
-    hyper-synthesis predicted (the scales that drive the entropy decoder) and the decoded images, for the
-    fixed-point network and for its float twin: identical, or the largest difference."""
+    """Code `x_padded` once on the CPU, decode the bitstream with 1 and with 2 CPU threads (and on the GPU
+    where there is one), and compare what the hyper-synthesis predicted (the scales that drive the entropy
+    decoder) and the decoded images, for the fixed-point network and for its float twin: identical, or the
+    largest difference."""
     from lic_kd.codec import prepare_for_coding
 
     threads = torch.get_num_threads()
@@ -205,10 +206,15 @@ def decode_determinism(net: nn.Module, x_padded: torch.Tensor) -> dict[str, Any]
                 torch.set_num_threads(n)
                 with torch.inference_mode():
                     images.append(coder.decompress(encoded["strings"], encoded["shape"])["x_hat"])
+            result[name] = {"identical": bool(torch.equal(*images)), "max_abs_diff": float((images[0] - images[1]).abs().max()),
+                            "scales_identical": bool(torch.equal(*scales[:2])) if scales else None}
+            if torch.cuda.is_available():  # the same bitstream decoded on the GPU, against the CPU's decode
+                with torch.inference_mode():
+                    gpu = coder.cuda().decompress(encoded["strings"], encoded["shape"])["x_hat"].cpu()
+                result[name]["cuda_identical"] = bool(torch.equal(gpu, images[0]))
+                result[name]["cuda_scales_identical"] = bool(torch.equal(scales[2].cpu(), scales[0])) if scales else None
             if hook is not None:
                 hook.remove()
-            result[name] = {"identical": bool(torch.equal(*images)), "max_abs_diff": float((images[0] - images[1]).abs().max()),
-                            "scales_identical": bool(torch.equal(*scales)) if scales else None}
     finally:
         torch.set_num_threads(threads)
     return result
