@@ -14,7 +14,8 @@ Quantized: the convolutions of the chosen parts (weights per output channel, bia
 tensor). GDN/IGDN's beta and gamma stay float: quantizing their square roots is a study of its own.
 
 Exact hyper-synthesis: a fixed-point h_s runs its convolutions in float64, where every product of two
-fixed-point numbers and every sum of them is exact (their integers need far fewer than 53 bits), so the
+fixed-point numbers and every sum of them is exact (while weight bits + activation bits + log2 of the
+layer's fan-in stay within float64's 53: 8 + 8 + 11 for an N=64 h_s), so the
 scales it predicts are the same bits in any summation order: on any thread count or machine. That is why
 fixed point matters for entropy coding (Balle et al. 2019, "Integer networks for data compression with
 latent-variable models"): a decoder whose scales differ in the last bit from the encoder's derails the rANS

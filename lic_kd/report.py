@@ -343,7 +343,8 @@ def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate:
     """What distillation buys, per width: each KD curve against the plain student of the same architecture,
     widths, initialisation and budget, paired seed by seed (same data, same batches), beside what the width
     saves against the teacher (decoder kMAC/px, parameters, decode fps). BD-rate < 0: KD saves rate."""
-    learned = df[df["role"].isin(["student", "kd"])]
+    # frugal settings (pruning, word lengths) are part of the pairing; a table without them has none
+    learned = df[df["role"].isin(["student", "kd"])].reindex(columns=[*df.columns, *(c for c in ("prune_keep", "quant") if c not in df)])
     t_rows = df[df["curve"] == teacher] if teacher is not None else df.iloc[0:0]
     t_kmac = t_rows["kmac_decoder"].mean() if not t_rows.empty else float("nan")
     t_params = t_rows["params"].mean() if not t_rows.empty else float("nan")

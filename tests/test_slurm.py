@@ -33,11 +33,17 @@ pytestmark = pytest.mark.skipif(
 SLURM = ["launcher=slurm_local", "hydra.launcher.timeout_min=10"]
 
 
-def sacct(job_id: str) -> pd.DataFrame:
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,Start,End"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [line.split("|") for line in out.strip().splitlines()]
-    return pd.DataFrame(rows, columns=["job", "state", "start", "end"])
+def sacct(job_id: str, settle_s: float = 30) -> pd.DataFrame:
+    """The job's accounting records, once none of them is still PENDING or RUNNING (the accounting lags a
+    job's end by a moment: submitit may have its result before slurmdbd has the final state)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,Start,End"],
+                             capture_output=True, text=True, check=True).stdout
+        table = pd.DataFrame([line.split("|") for line in out.strip().splitlines()], columns=["job", "state", "start", "end"])
+        if not table["state"].isin(["PENDING", "RUNNING"]).any() or time.monotonic() > deadline:
+            return table
+        time.sleep(1)
 
 
 def job_ids(sweep) -> set[str]:
