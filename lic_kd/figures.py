@@ -83,11 +83,11 @@ COST_AXES = {"kmac_decoder": "decoder complexity (kMAC / pixel, log scale)",
 def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path, cost: str = "kmac_decoder") -> bool:
     """BD-rate and BD-PSNR of each learned curve against what it costs (`cost`: decoder kMAC/px, or model
     bytes at its word lengths), Pareto fronts marked; False when no curve has either value."""
-    kmac = rd.groupby("curve")[cost].first()
+    cost_of = rd.groupby("curve")[cost].first()
     anchor = bd["anchor"].dropna().iloc[0] if bd["anchor"].notna().any() else None
-    points = bd.assign(kmac=lambda d: d["curve"].map(kmac)).dropna(subset=["kmac"])
-    if anchor in kmac.index and not pd.isna(kmac[anchor]):
-        points = pd.concat([points, pd.DataFrame([{"curve": anchor, "bd_rate_pct": 0.0, "bd_psnr_db": 0.0, "kmac": kmac[anchor]}])],
+    points = bd.assign(cost=lambda d: d["curve"].map(cost_of)).dropna(subset=["cost"])
+    if anchor in cost_of.index and not pd.isna(cost_of[anchor]):
+        points = pd.concat([points, pd.DataFrame([{"curve": anchor, "bd_rate_pct": 0.0, "bd_psnr_db": 0.0, "cost": cost_of[anchor]}])],
                            ignore_index=True)
     panels = [("bd_rate_pct", f"BD-rate vs {anchor} (%), lower is better", True),
               ("bd_psnr_db", f"BD-PSNR vs {anchor} (dB), higher is better", False)]
@@ -99,10 +99,10 @@ def bd_vs_complexity(bd: pd.DataFrame, rd: pd.DataFrame, path: Path, cost: str =
         have = points.dropna(subset=[column])
         for _, row in have.iterrows():
             style = styles.get(row["curve"], {})
-            ax.scatter(row["kmac"], row[column], color=style.get("color"), marker=style.get("marker", "o"), s=50, label=row["curve"])
+            ax.scatter(row["cost"], row[column], color=style.get("color"), marker=style.get("marker", "o"), s=50, label=row["curve"])
         if len(have) > 1:
-            front = pareto_front(have, "kmac", column, lower)
-            ax.plot(front["kmac"], front[column], "k--", alpha=0.6, label="Pareto front")
+            front = pareto_front(have, "cost", column, lower)
+            ax.plot(front["cost"], front[column], "k--", alpha=0.6, label="Pareto front")
         else:
             ax.text(0.5, 0.5, "no curve has a value: see bd_rate.md for the reasons", ha="center", transform=ax.transAxes, color="grey")
         ax.set_xscale("log")

@@ -69,7 +69,9 @@ class CodecModule(L.LightningModule):
             raise ValueError(f"{type(self.net).__name__} {'has an' if has_rate else 'has no'} entropy model: "
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
-        self._initialise(init, teacher, getattr(task, "lmbda", None), calibration)
+        # prune.criterion=l1 ranks channels by filter norm alone: no activations (lic_kd.prune)
+        ranking_images = None if (prune or {}).get("criterion") == "l1" else calibration
+        self._initialise(init, teacher, getattr(task, "lmbda", None), ranking_images)
         if quant:
             if calibration is None:
                 raise ValueError("quantization needs calibration images (training crops)")

@@ -196,7 +196,6 @@ def decode_determinism(net: nn.Module, x_padded: torch.Tensor) -> dict[str, Any]
     threads = torch.get_num_threads()
     result: dict[str, Any] = {"threads": [1, 2], "image_size": list(x_padded.shape[-2:])}
     try:
-        # copies of parametrized modules are made outside inference mode, where PyTorch cannot make them
         for name, model in (("fixed_point", net), ("float", float_twin(net))):
             coder = prepare_for_coding(model).cpu()
             with torch.inference_mode():
@@ -250,7 +249,7 @@ def bits_by_part(net: nn.Module, spec: dict[str, Any] | None) -> dict[str, dict[
 
 def model_bytes(net: nn.Module) -> int:
     """The network's parameters at their stored word lengths: fixed-point weights at their bits, biases at
-    32, everything else as float32 (the calibration buffers are a few numbers and not counted)."""
+    BIAS_BITS, everything else as float32 (the calibration buffers are a few numbers and not counted)."""
     total_bits = 0
     for module in net.modules():
         if isinstance(module, parametrize.ParametrizationList):  # counted with its layer, at its bits

@@ -91,8 +91,8 @@ def build_results(identity: dict[str, Any], net: torch.nn.Module, evaluation: di
         "wall_time_s": wall_time_s,
         "device": evaluation["device"],
         **{k: evaluation.get(k) for k in ("latency", "energy", "memory")},
-        **({"codec": evaluation["codec"]} if "codec" in evaluation else {}),
-        **({"determinism": evaluation["determinism"]} if "determinism" in evaluation else {}),  # fixed-point runs  # a learned JPEG's tables and rate proxy
+        **({"codec": evaluation["codec"]} if "codec" in evaluation else {}),  # a learned JPEG's tables and rate proxy
+        **({"determinism": evaluation["determinism"]} if "determinism" in evaluation else {}),  # fixed-point runs
         "environment": environment(),
         "images": evaluation["images"],
     }

@@ -168,7 +168,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.check()
     init = cfg.student.get("init") or "random"
-    criterion = (cfg.get("prune") or {}).get("criterion")
     module = CodecModule(
         net=cfg.model,
         loss=cfg.loss,
@@ -177,7 +176,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         role=cfg.role,
         teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
         init=init,
-        calibration=datamodule.calibration_images() if (init != "random" and criterion != "l1") or cfg.get("quant") else None,
+        calibration=datamodule.calibration_images() if init != "random" or cfg.get("quant") else None,
         prune=OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None,
         quant=OmegaConf.to_container(cfg.quant) if cfg.get("quant") else None,
     )
