@@ -50,7 +50,7 @@ test-all: install
 # finished runs are skipped, interrupted ones continue from their last checkpoint.
 demo: install
 	$(MAKE) -j2 codecs demo-teachers  # Pillow's codecs use one core: the teachers are coded meanwhile
-	$(PY) -m lic_kd.train -m launcher=$(DEMO_LAUNCHER) experiment=demo role=student,kd student.N=$(DEMO_WIDTHS) \
+	$(PY) -m lic_kd.train -m launcher=$(DEMO_LAUNCHER) experiment=demo role=student,kd 'student.N=[$(DEMO_WIDTHS)]' \
 		lmbda=$(DEMO_LAMBDAS) student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
 	$(MAKE) report
 
@@ -79,7 +79,7 @@ study: install codecs
 	$(PY) -m lic_kd.evaluate -m launcher=$(STUDY_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) \
 		hydra.sweep.dir=$(STUDY_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=student,kd student.init=random,teacher \
-		student.N=$(STUDY_WIDTHS) lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
+		'student.N=[$(STUDY_WIDTHS)]' lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
 		hydra.sweep.dir=$(STUDY_DIR)/students
 	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)
 

@@ -1,5 +1,6 @@
 """KD step against a plain student step of the same width, for a sweep of students; and what one teacher forward
-shared by k students (one process training a list of students of one lambda and seed) would cost per student.
+shared by a list of students costs (lic_kd.group: `student.N=[16,32,48]` trains them in one process, one teacher
+forward per batch), measured for the list's prefixes and derived for k students of one width.
 
 Students: ScaleHyperprior N=16 and 32, M=96, started from the shipped teacher (student.init=teacher); teacher:
 the shipped ladder's N=64 M=96 rung at lambda 0.0067; demo batches (8 crops of 128x128 from CBSD68). Both
@@ -69,11 +70,7 @@ class Stepper:
 
     def step_with_targets(self, x: torch.Tensor, targets: tuple[dict, dict]) -> None:
         """A KD step whose teacher targets were computed already (shared by several students)."""
-        from lic_kd.models import capture_latents
-
-        with capture_latents(self.module.net) as latents:
-            out = self.module.net(x)
-        self._update(self.module.loss(out, latents, *targets, x)["loss"])
+        self._update(self.module._step(x, targets)["loss"])
 
 
 @torch.no_grad()
@@ -95,7 +92,7 @@ def batches(cfg: Any, n: int, device: torch.device) -> list[torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--widths", default="16,32", help="student widths N (M=96, the teacher's)")
+    p.add_argument("--widths", default="16,32,48", help="student widths N (M=96, the teacher's): the study's")
     p.add_argument("--steps", type=int, default=None, help="batches per timed block")
     args = p.parse_args(argv)
     device = device_of(args.device)
@@ -132,12 +129,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants["teacher_forward"] = block(lambda x, i: first.teacher_targets(x))
     variants["teacher_latents_only"] = block(lambda x, i: teacher_latents_only(teacher, x))
 
-    def shared(x: torch.Tensor, i: int) -> None:
-        t = first.teacher_targets(x)
-        for n in widths:
-            kd[n].step_with_targets(x, t)
+    lists = [widths[:k] for k in range(2, len(widths) + 1)]  # the demo's [16,32], the study's [16,32,48]
 
-    variants["shared_teacher_list"] = block(shared)
+    def shared(members: list[int]) -> Callable[[torch.Tensor, int], None]:
+        def step(x: torch.Tensor, i: int) -> None:  # StudentGroup.training_step: one teacher forward, every student
+            t = first.teacher_targets(x)
+            for n in members:
+                kd[n].step_with_targets(x, t)
+        return step
+
+    for members in lists:
+        variants[f"shared_teacher_N{','.join(map(str, members))}"] = block(shared(members))
     t = interleave(variants, repeats)
     med = {k: spread(v)["median"] for k, v in t.items()}
 
@@ -145,10 +147,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in widths:
         ratios[f"kd_step_N{n}"] = ratio(med[f"kd_N{n}"], med[f"plain_N{n}"], paired=median_ratio(t[f"kd_N{n}"], t[f"plain_N{n}"]),
                                         goal_value=GOAL_KD, what=f"seconds per batch, KD step / plain step, student N={n}")
-    plain_sum = [sum(t[f"plain_N{n}"][r] for n in widths) for r in range(repeats)]
-    ratios["kd_shared_teacher_list"] = ratio(
-        med["shared_teacher_list"], sum(med[f"plain_N{n}"] for n in widths), paired=median_ratio(t["shared_teacher_list"], plain_sum),
-        goal_value=GOAL_KD, what=f"one teacher forward + KD steps of students N={','.join(map(str, widths))} / their plain steps")
+    for members in lists:
+        name = ",".join(map(str, members))
+        plain_sum = [sum(t[f"plain_N{n}"][r] for n in members) for r in range(repeats)]
+        ratios[f"kd_group_N{name}"] = ratio(
+            med[f"shared_teacher_N{name}"], sum(med[f"plain_N{n}"] for n in members),
+            paired=median_ratio(t[f"shared_teacher_N{name}"], plain_sum), goal_value=GOAL_KD,
+            what=f"students N=[{name}] trained together: one teacher forward + their KD steps / their plain steps")
     for n in widths:
         for k in SHARED_K:
             per_student = [(t["teacher_forward"][r] / k + t[f"kd_given_targets_N{n}"][r]) for r in range(repeats)]
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes = [f"teacher forward {med['teacher_forward'] * 1e3:.1f} ms per batch of {shape}: "
              + ", ".join(f"N={n} plain {med[f'plain_N{n}'] * 1e3:.1f} ms, KD {med[f'kd_N{n}'] * 1e3:.1f} ms" for n in widths),
              "kd_shared_k* are derived from measured parts (teacher forward / k + a KD step on given targets); "
-             "kd_shared_teacher_list is measured directly"]
+             "kd_group_N* are measured directly"]
     return finish("kd_step", args, env, settings, ratios, absolute, notes)
 
 

@@ -10,8 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 CACHE_MAX_IMAGES = 2000  # training images decoded once and kept in memory (data.cache_images=null)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -64,17 +63,18 @@ class ImageFolder(Dataset):
     """Images from a list of files; random crops and flips for training, a centre crop for validation.
 
     A small set (`cache=True`) is decoded once and kept in memory as 8-bit tensors: decoding a PNG for every
-    crop costs more than the crop itself, and on a few cores it competes with the model for the CPU."""
+    crop costs more than the crop itself, and on a few cores it competes with the model for the CPU.
 
-    def __init__(self, paths: Sequence[Path], crop_size: int, train: bool, cache: bool = False) -> None:
+    Crops and flips draw from the dataset's own random stream (`seed`; a loader worker's own seed), not from
+    torch's global one: a run's batches are then the same whatever its networks draw, so that students
+    trained together in one process (lic_kd.group) see exactly what each would see alone."""
+
+    def __init__(self, paths: Sequence[Path], crop_size: int, train: bool, cache: bool = False, seed: int = 0) -> None:
         self.paths = list(paths)
         self.crop_size = crop_size
-        if train:
-            self.transform = T.Compose(
-                [T.RandomCrop(crop_size), T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
-            )
-        else:
-            self.transform = T.Compose([T.CenterCrop(crop_size)])
+        self.train = train
+        self.seed = seed
+        self.generator: torch.Generator | None = None  # made where it draws: in the loader's process or worker
         self.images = [self._read(p) for p in self.paths] if cache else None
 
     def _read(self, path: Path) -> torch.Tensor:
@@ -89,7 +89,24 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         img = self.images[index] if self.images is not None else self._read(self.paths[index])
-        return self.transform(img).float() / 255.0  # crop the 8-bit image, then convert: 4x less to copy
+        return self._crop(img).float() / 255.0  # crop the 8-bit image, then convert: 4x less to copy
+
+    def _crop(self, img: torch.Tensor) -> torch.Tensor:
+        size, (height, width) = self.crop_size, img.shape[-2:]
+        if not self.train:  # centre crop, rounded as torchvision's
+            top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+            return img[:, top : top + size, left : left + size]
+        if self.generator is None:
+            worker = get_worker_info()
+            self.generator = torch.Generator().manual_seed(worker.seed if worker else self.seed)
+        top, left, flip_h, flip_v = (int(torch.randint(0, n, (1,), generator=self.generator))
+                                     for n in (height - size + 1, width - size + 1, 2, 2))
+        img = img[:, top : top + size, left : left + size]
+        if flip_h:
+            img = img.flip(-1)
+        if flip_v:
+            img = img.flip(-2)
+        return img
 
 
 def vimeo90k_paths(root: str | Path, list_file: str = "sep_trainlist.txt") -> list[Path]:
@@ -175,9 +192,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            ImageFolder(self.train_paths, self.crop_size, train=True, cache=self.cache_images),
+            ImageFolder(self.train_paths, self.crop_size, train=True, cache=self.cache_images, seed=self.seed),
             batch_size=self.batch_size,
             shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed + 1),  # the run's own order, as its crops
             drop_last=len(self.train_paths) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -23,6 +24,16 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def step_scheduler(scheduler: Any, val_loss: torch.Tensor) -> None:
+    """At each validation: a plateau schedule reads the validation loss, a fixed one counts validations."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
 class CodecModule(L.LightningModule):
     """Trains a CompressAI model with CompressAI's recipe: a main optimizer on the network and an auxiliary
     one on the entropy bottleneck quantiles (hence manual optimization), with gradient clipping. An
@@ -40,6 +51,8 @@ class CodecModule(L.LightningModule):
         calibration: torch.Tensor | None = None,
         prune: dict | None = None,
         quant: dict | None = None,
+        noise_seed: int | None = None,
+        teacher_nets: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
     ) -> None:
         """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
         `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
@@ -47,7 +60,9 @@ class CodecModule(L.LightningModule):
         `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.prune);
         `prune`: the prune group's settings, recorded (train.apply_pruning has already set widths and init);
         `quant`: the quant group's settings: the network is made fixed point after its initialisation and its
-        activation ranges calibrated on `calibration` (lic_kd.quant)."""
+        activation ranges calibrated on `calibration` (lic_kd.quant); `noise_seed`: the seed of the training
+        noise's own random stream (default: the process's seed); `teacher_nets`: the (main, z) teachers,
+        already loaded, that students trained together share (lic_kd.group), else loaded from `teacher`."""
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -77,8 +92,12 @@ class CodecModule(L.LightningModule):
                 raise ValueError("quantization needs calibration images (training crops)")
             quantize(self.net, quant)
             calibrate(self.net, calibration)
+        self.noise_seed = torch.initial_seed() if noise_seed is None else noise_seed
+        self.noise_state: dict[str, torch.Tensor] | None = None  # set at the first training step
         self.teacher = self.z_teacher = None
-        if self.is_kd:
+        if self.is_kd and teacher_nets is not None:
+            self.teacher, self.z_teacher = teacher_nets
+        elif self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
                 raise ValueError("role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a CompressAI file)")
             self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"), lmbda=getattr(task, "lmbda", None))
@@ -145,37 +164,68 @@ class CodecModule(L.LightningModule):
                 raise ValueError(f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
                                  f"set the student's {hint} to the teacher's, or its KD weight to 0")
 
-    def _step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step(self, batch: torch.Tensor, targets: tuple[dict, dict] | None = None) -> dict[str, torch.Tensor]:
+        """The loss on a batch; `targets`: the teacher's (output, latents) when a group has computed them."""
         if not self.is_kd:
             return self.loss(self.net(batch), batch)
         with capture_latents(self.net) as student_latents:
             student_out = self.net(batch)
-        teacher_out, teacher_latents = self.teacher_targets(batch)
+        teacher_out, teacher_latents = targets if targets is not None else self.teacher_targets(batch)
         return self.loss(student_out, student_latents, teacher_out, teacher_latents, batch)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        optimizers = self.optimizers()
-        optimizer, aux_optimizer = optimizers if isinstance(optimizers, list) else (optimizers, None)
-        out = self._step(batch)
+    @contextmanager
+    def noise_stream(self) -> Iterator[None]:
+        """The training noise (CompressAI's uniform noise in place of rounding) draws from this network's own
+        random stream, seeded with `noise_seed` and saved in checkpoints: it then depends on nothing else the
+        process draws, so that students trained together draw what each would draw alone."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            if self.noise_state is None:
+                torch.default_generator.manual_seed(self.noise_seed)
+                if cuda:
+                    torch.cuda.manual_seed(self.noise_seed)
+            else:
+                torch.set_rng_state(self.noise_state["cpu"])
+                if cuda and "cuda" in self.noise_state:
+                    torch.cuda.set_rng_state(self.noise_state["cuda"], self.device)
+            yield
+            self.noise_state = {"cpu": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(self.device)} if cuda else {})
+
+    def fit_batch(self, host: L.LightningModule, batch: torch.Tensor, optimizers: list, targets: tuple | None = None) -> dict[str, torch.Tensor]:
+        """One batch of CompressAI's recipe: the main optimizer on the loss (clipped), the auxiliary one on
+        the quantiles. `host` is the LightningModule the trainer runs (this one, or the group holding it)."""
+        optimizer, aux_optimizer = (optimizers + [None])[:2]
+        with self.noise_stream():
+            out = self._step(batch, targets)
         optimizer.zero_grad()
-        self.manual_backward(out["loss"])
+        host.manual_backward(out["loss"])
         if self.hparams.optimizer.get("clip_max_norm"):
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
+            host.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
         optimizer.step()
         logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items() if torch.is_tensor(v)}
 
         if aux_optimizer is not None:
             aux_loss = self.net.aux_loss()
             aux_optimizer.zero_grad()
-            self.manual_backward(aux_loss)
+            host.manual_backward(aux_loss)
             aux_optimizer.step()
             logs["train/aux"] = aux_loss.detach()
+        return logs
 
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        logs = self.fit_batch(self, batch, optimizers if isinstance(optimizers, list) else [optimizers])
         self.log_dict(logs, prog_bar=False, batch_size=batch.shape[0])
-        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        out = self._step(batch)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["noise_state"] = self.noise_state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.noise_state = checkpoint.get("noise_state")
+
+    def validation_logs(self, batch: torch.Tensor, targets: tuple | None = None) -> dict[str, torch.Tensor]:
+        out = self._step(batch, targets)
         # val/loss is the student's own objective in every role (RD loss, or reconstruction loss), so best
         # checkpoints and the plateau schedule follow the quantity that is evaluated; the KD objective is
         # logged beside it.
@@ -183,17 +233,15 @@ class CodecModule(L.LightningModule):
         logs |= {f"val/{k.removesuffix('_loss')}": out[k] for k in ("bpp_loss", "mse_loss", "ms_ssim_loss") if k in out}
         if self.is_kd:
             logs["val/kd_loss"] = out["loss"]
+        return logs
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         # averaged over DDP processes, so that every process picks the same best checkpoint and LR step
-        self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+        self.log_dict(self.validation_logs(batch), prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is None or self.trainer.sanity_checking:
-            return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(self.trainer.callback_metrics["val/loss"])
-        else:
-            scheduler.step()
+        if not self.trainer.sanity_checking:
+            step_scheduler(self.lr_schedulers(), self.trainer.callback_metrics["val/loss"])
 
     def configure_optimizers(self) -> Any:
         main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]

@@ -46,6 +46,8 @@ def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[di
         if not sweep.is_dir():
             raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
         run_dirs = sorted({p.parent for p in sweep.rglob(".hydra")} | {p.parent for p in sweep.rglob(RESULTS_FILE)})
+        # students trained together (student.N=[...]) are run dirs inside their group's: the group is not one
+        run_dirs = [d for d in run_dirs if not any(o != d and d in o.parents for o in run_dirs)]
         for run_dir in run_dirs:
             path = run_dir / RESULTS_FILE
             if path.is_file():

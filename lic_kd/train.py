@@ -4,6 +4,7 @@ run that already has results.json is left as it is."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -18,13 +19,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
 from lic_kd.errors import run_cli
 from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, pad, summary
 from lic_kd.data import load_rgb, to_tensor
-from lic_kd.models import load_net
+from lic_kd.group import StudentGroup
+from lic_kd.models import load_net, optimizer_steps_per_batch
 from lic_kd.profiling import use_threads
 from lic_kd.prune import CRITERIA, pruned_widths
 from lic_kd.quant import check_spec, decode_determinism, determinism_summary
@@ -150,8 +152,76 @@ def strategy_for(strategy: Any) -> Any:
     return "ddp_find_unused_parameters_true" if SLURMEnvironment.detect() else "ddp_spawn_find_unused_parameters_true"
 
 
+def build_module(cfg: DictConfig, datamodule: Any, teacher_nets: tuple | None = None) -> CodecModule:
+    """The LightningModule of one run's network, initialised as cfg.student.init says."""
+    init = cfg.student.get("init") or "random"
+    module = CodecModule(
+        net=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler or None,
+        role=cfg.role,
+        teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
+        init=init,
+        calibration=datamodule.calibration_images() if init != "random" or cfg.get("quant") else None,
+        prune=OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None,
+        quant=OmegaConf.to_container(cfg.quant) if cfg.get("quant") else None,
+        noise_seed=cfg.seed,
+        teacher_nets=teacher_nets,
+    )
+    module.check_kd_shapes()
+    return module
+
+
+def make_trainer(cfg: DictConfig, batch_optimizer_steps: int, last: Path) -> L.Trainer:
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return instantiate(
+        cfg.trainer,
+        strategy=strategy_for(cfg.trainer.get("strategy", "auto")),
+        max_steps=batch_optimizer_steps * cfg.steps,  # Lightning counts each optimizer's steps
+        val_check_interval=min(cfg.val_every, cfg.steps),
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + [FinalCheckpoint(last)],
+        logger=[instantiate(c) for c in cfg.logger.values()],
+        plugins=plugins,
+    )
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, run_dir: Path, batch_optimizer_steps: int, steps: int) -> None:
+    """Train, resuming from the run's last checkpoint when it has one."""
+    resume = resume_checkpoint(run_dir / "checkpoints")
+    if resume is not None:
+        log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // batch_optimizer_steps, steps)
+    # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
+
+
+def evaluate_run(cfg: DictConfig, run_dir: Path, eval_paths: list[Path], devices: int, start: float, **identity: Any) -> dict[str, Any]:
+    """Code the evaluation images with the run's best checkpoint and write its results.json."""
+    steps_done = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
+    log.info("evaluating %d images with %s", len(eval_paths), meta["checkpoint"])
+    evaluation = evaluate_net(net, eval_paths, run_dir, cfg.eval.device)
+    if cfg.get("quant"):  # the reason for fixed point: the same decoded image on 1 and 2 threads?
+        evaluation["determinism"] = decode_determinism(net, pad(to_tensor(load_rgb(eval_paths[0]))[None]))
+        log.info("decoding twice, 1 and 2 threads: %s", determinism_summary(evaluation["determinism"]))
+    identity = run_identity(meta) | {
+        "steps": steps_done // optimizer_steps_per_batch(net),
+        "devices": devices,
+        "steps_planned": cfg.steps,
+        "seed": cfg.seed,
+        "run_dir": str(run_dir.resolve()),
+        "overrides": _overrides(),
+    } | identity
+    results = build_results(identity, net, evaluation, time.perf_counter() - start)
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    log.info("%s: %s -> %s", cfg.role, summary(results["metrics"]), run_dir / RESULTS_FILE)
+    return results
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
+    if student_widths(cfg) is not None:
+        return train_group(cfg)
     results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
         log.info("%s exists: this run is complete, nothing to do", results_path)
@@ -167,63 +237,101 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_quant(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.check()
-    init = cfg.student.get("init") or "random"
-    module = CodecModule(
-        net=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler or None,
-        role=cfg.role,
-        teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
-        init=init,
-        calibration=datamodule.calibration_images() if init != "random" or cfg.get("quant") else None,
-        prune=OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None,
-        quant=OmegaConf.to_container(cfg.quant) if cfg.get("quant") else None,
-    )
-    module.check_kd_shapes()
-
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    module = build_module(cfg, datamodule)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        strategy=strategy_for(cfg.trainer.get("strategy", "auto")),
-        max_steps=module.optimizer_steps_per_batch * cfg.steps,  # Lightning counts each optimizer's steps
-        val_check_interval=min(cfg.val_every, cfg.steps),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + [FinalCheckpoint(last)],
-        logger=[instantiate(c) for c in cfg.logger.values()],
-        plugins=plugins,
-    )
+    trainer = make_trainer(cfg, module.optimizer_steps_per_batch, last)
     if (cfg.get("quant") or {}).get("mode") == "ptq":
         log.info("post-training quantization: calibrated on training crops, no training")
         save_untrained_checkpoint(module, run_dir / "checkpoints")
     else:
-        resume = resume_checkpoint(run_dir / "checkpoints")
-        if resume is not None:
-            log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // module.optimizer_steps_per_batch, cfg.steps)
-        # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
+        fit(trainer, module, datamodule, run_dir, module.optimizer_steps_per_batch, cfg.steps)
         if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
             return {}
-    steps_done = torch.load(last, map_location="cpu", weights_only=False)["global_step"]  # spawned DDP: not in this process's trainer
+    return evaluate_run(cfg, run_dir, datamodule.eval_paths, trainer.world_size, start)
 
-    net, meta = load_net(run_dir)  # the best checkpoint by validation RD loss
-    log.info("evaluating %d images with %s", len(datamodule.eval_paths), meta["checkpoint"])
-    evaluation = evaluate_net(net, datamodule.eval_paths, run_dir, cfg.eval.device)
-    if cfg.get("quant"):  # the reason for fixed point: the same decoded image on 1 and 2 threads?
-        evaluation["determinism"] = decode_determinism(net, pad(to_tensor(load_rgb(datamodule.eval_paths[0]))[None]))
-        log.info("decoding twice, 1 and 2 threads: %s", determinism_summary(evaluation["determinism"]))
-    identity = run_identity(meta) | {
-        "steps": steps_done // module.optimizer_steps_per_batch,
-        "devices": trainer.world_size,
-        "steps_planned": cfg.steps,
-        "seed": cfg.seed,
-        "run_dir": str(run_dir.resolve()),
-        "overrides": _overrides(),
-    }
-    results = build_results(identity, net, evaluation, time.perf_counter() - start)
-    write_json_atomic(results_path, results)
-    log.info("%s: %s -> %s", cfg.role, summary(results["metrics"]), results_path)
-    return results
+
+def student_widths(cfg: DictConfig) -> list[int] | None:
+    """student.N=[16,32,48]: the widths of students trained together (lic_kd.group), else None."""
+    widths = cfg.student.get("N")
+    if not isinstance(widths, (ListConfig, list)):
+        return None
+    widths = list(widths)
+    if not widths or len(set(widths)) != len(widths) or not all(isinstance(n, int) and n > 0 for n in widths):
+        raise ValueError(f"student.N=[...] lists the distinct positive widths of students trained together, got {widths}")
+    return widths
+
+
+def member_config(cfg: DictConfig, width: int) -> DictConfig:
+    """The configuration of one student of a group: its width, and its run directory inside the group's."""
+    member = copy.deepcopy(cfg)
+    with open_dict(member):
+        member.student.N = width
+        member.paths.output_dir = str(Path(cfg.paths.output_dir) / f"N{width}")
+    return member
+
+
+def member_overrides(overrides: list[str], width: int) -> list[str]:
+    return [f"student.N={width}" if o.lstrip("+").split("=", 1)[0] == "student.N" else o for o in overrides]
+
+
+def train_group(cfg: DictConfig) -> dict[str, Any]:
+    """student.N=[...]: the students of this role, lambda and seed trained together in one process, each in
+    its own run directory (N16, N32, ...) with its own results.json; a KD group pays the teacher's forward once
+    per batch. Re-running resumes the group and evaluates the students that have no results yet."""
+    run_dir = Path(cfg.paths.output_dir)
+    widths = student_widths(cfg)
+    members_cfg = {f"N{n}": member_config(cfg, n) for n in widths}
+    member_dirs = {name: Path(c.paths.output_dir) for name, c in members_cfg.items()}
+    pending = [name for name, d in member_dirs.items() if not (d / RESULTS_FILE).is_file()]
+    if not pending:
+        log.info("every student of %s has its %s: complete, nothing to do", run_dir, RESULTS_FILE)
+        return {}
+    start = time.perf_counter()
+    use_threads(cfg.get("threads"))
+    log.info("run %s: %s, students N=%s trained together, %d batches, seed %d", run_dir, cfg.role, widths, cfg.steps, cfg.seed)
+    if cfg.get("prune") or cfg.get("quant"):
+        raise ValueError("student.N=[...] trains several students together; prune and quant runs are one network each: sweep them")
+    if cfg.trainer.get("devices") not in (None, 1, "auto") or cfg.trainer.get("num_nodes", 1) != 1:
+        raise ValueError("student.N=[...] trains its students in one process on one device: set trainer.devices=1")
+    for member_cfg in members_cfg.values():
+        check_config(member_cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.check()
+    teacher_nets = None
+    if cfg.role == "kd":
+        teacher_nets = (load_net(cfg.teacher.checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.lmbda)[0], None)
+        if cfg.teacher.get("z_checkpoint"):
+            teacher_nets = (teacher_nets[0], load_net(cfg.teacher.z_checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.teacher.get("z_lmbda"))[0])
+    members = {}
+    for name, member_cfg in members_cfg.items():
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # each student's initialisation, as in a run of its own
+        members[name] = build_module(member_cfg, datamodule, teacher_nets)
+        write_member_hydra_dir(member_cfg, member_dirs[name])
+    group = StudentGroup(members, member_dirs)
+    trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
+    try:
+        fit(trainer, group, datamodule, run_dir, group.optimizer_steps_per_batch, cfg.steps)
+        training_s = time.perf_counter() - start
+        for name in pending:
+            evaluate_run(members_cfg[name], member_dirs[name], datamodule.eval_paths, trainer.world_size,
+                         time.perf_counter() - training_s, trained_with=widths, overrides=member_overrides(_overrides(), members[name].net.N))
+    except Exception as err:  # each unfinished student says why, as a run of its own would
+        for d in member_dirs.values():
+            if not (d / RESULTS_FILE).is_file():
+                write_json_atomic(d / FAILURE_FILE, {"error": f"{type(err).__name__}: {err}", "overrides": _overrides()})
+        raise
+    for d in member_dirs.values():
+        (d / FAILURE_FILE).unlink(missing_ok=True)
+    return {}
+
+
+def write_member_hydra_dir(member_cfg: DictConfig, member_dir: Path) -> None:
+    """A student's run directory looks like any run's: its own configuration in .hydra/."""
+    hydra_dir = member_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(member_cfg))
+    width = member_cfg.student.N
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(member_overrides(_overrides(), width))))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
