@@ -50,7 +50,7 @@ test-all: install
 # finished runs are skipped, interrupted ones continue from their last checkpoint.
 demo: install
 	$(MAKE) -j2 codecs demo-teachers  # Pillow's codecs use one core: the teachers are coded meanwhile
-	$(PY) -m lic_kd.train -m launcher=$(DEMO_LAUNCHER) experiment=demo role=student,kd 'student.N=[$(DEMO_WIDTHS)]' \
+	$(PY) -m lic_kd.train -m launcher=$(DEMO_LAUNCHER) experiment=demo role=kd,student 'student.N=[$(DEMO_WIDTHS)]' \
 		lmbda=$(DEMO_LAMBDAS) student.init=$(DEMO_INIT) teacher.checkpoint=$(TEACHERS) hydra.sweep.dir=$(DEMO_DIR)/students
 	$(MAKE) report
 
@@ -69,7 +69,8 @@ teachers: install
 
 # The longer study on the shipped ladder: students of every width below the teacher's, plain and KD, from random
 # and from teacher initialisation, at every lambda of the ladder, over seeds; the report answers "what
-# distillation buys" with 95 % intervals. The same target runs on SLURM: make study STUDY_LAUNCHER=slurm.
+# distillation buys" with 95 % intervals. The same target runs on SLURM: make study STUDY_LAUNCHER=slurm. Each job
+# trains the 6 students of one role, lambda and seed together (3 widths x 2 inits): one teacher forward per batch.
 STUDY_DIR ?= outputs/study
 STUDY_WIDTHS ?= 16,32,48
 STUDY_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013
@@ -78,7 +79,7 @@ STUDY_LAUNCHER ?= joblib
 study: install codecs
 	$(PY) -m lic_kd.evaluate -m launcher=$(STUDY_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) \
 		hydra.sweep.dir=$(STUDY_DIR)/teachers
-	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=student,kd student.init=random,teacher \
+	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=kd,student 'student.init=[random,teacher]' \
 		'student.N=[$(STUDY_WIDTHS)]' lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
 		hydra.sweep.dir=$(STUDY_DIR)/students
 	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)

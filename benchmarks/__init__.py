@@ -10,7 +10,7 @@ asserts a timing; the JSON says per goal whether it was met.
 # name -> the ratios its default settings write (tests/test_bench.py checks every one is there)
 BENCHMARKS = {
     "train_step": ("train_step_overhead", "train_step_overhead_of_medians"),
-    "kd_step": ("kd_step_N16", "kd_step_N32", "kd_step_N48", "kd_group_N16,32", "kd_group_N16,32,48",
+    "kd_step": ("kd_step_N16", "kd_step_N32", "kd_step_N48", "kd_group_N16,32", "kd_group_N16,32,48", "kd_group_study",
                 *(f"kd_shared_k{k}_N{n}" for n in (16, 32, 48) for k in (1, 2, 4, 8)),
                 "teacher_share_N16", "teacher_share_N32", "teacher_share_N48", "teacher_latents_only_vs_forward"),
     "data_pipeline": ("loader_vs_model", "loader_uncached_vs_model", "cache_speedup"),

@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for members in lists:
         variants[f"shared_teacher_N{','.join(map(str, members))}"] = block(shared(members))
+    # make study's KD groups: every width from random and from teacher init (student.init=[random,teacher]), 2k
+    # students per teacher forward; a student's step costs the same from either init, so each module steps twice
+    variants["shared_teacher_study"] = block(shared(widths + widths))
     t = interleave(variants, repeats)
     med = {k: spread(v)["median"] for k, v in t.items()}
 
@@ -154,6 +157,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             med[f"shared_teacher_N{name}"], sum(med[f"plain_N{n}"] for n in members),
             paired=median_ratio(t[f"shared_teacher_N{name}"], plain_sum), goal_value=GOAL_KD,
             what=f"students N=[{name}] trained together: one teacher forward + their KD steps / their plain steps")
+    plain_twice = [2 * sum(t[f"plain_N{n}"][r] for n in widths) for r in range(repeats)]
+    ratios["kd_group_study"] = ratio(
+        med["shared_teacher_study"], 2 * sum(med[f"plain_N{n}"] for n in widths),
+        paired=median_ratio(t["shared_teacher_study"], plain_twice), goal_value=GOAL_KD,
+        what=f"make study's KD groups, students N=[{','.join(map(str, widths))}] x init=[random,teacher] "
+             "trained together: one teacher forward + their KD steps / their plain steps")
     for n in widths:
         for k in SHARED_K:
             per_student = [(t["teacher_forward"][r] / k + t[f"kd_given_targets_N{n}"][r]) for r in range(repeats)]

@@ -220,7 +220,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, eval_paths: list[Path], devices
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
-    if student_widths(cfg) is not None:
+    if group_members(cfg) is not None:
         return train_group(cfg)
     results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
@@ -250,37 +250,54 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return evaluate_run(cfg, run_dir, datamodule.eval_paths, trainer.world_size, start)
 
 
-def student_widths(cfg: DictConfig) -> list[int] | None:
-    """student.N=[16,32,48]: the widths of students trained together (lic_kd.group), else None."""
-    widths = cfg.student.get("N")
-    if not isinstance(widths, (ListConfig, list)):
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (ListConfig, list))
+
+
+def group_members(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
+    """student.N=[16,32,48] and/or student.init=[random,teacher]: every combination, students trained together
+    (lic_kd.group), by run-directory name (N16, or N16-teacher when inits are listed); None for one network."""
+    widths, inits = cfg.student.get("N"), cfg.student.get("init")
+    if not _is_list(widths) and not _is_list(inits):
         return None
-    widths = list(widths)
-    if not widths or len(set(widths)) != len(widths) or not all(isinstance(n, int) and n > 0 for n in widths):
-        raise ValueError(f"student.N=[...] lists the distinct positive widths of students trained together, got {widths}")
-    return widths
+    width_list = list(widths) if _is_list(widths) else [widths]
+    if not width_list or len(set(width_list)) != len(width_list) or not all(isinstance(n, int) and n > 0 for n in width_list):
+        raise ValueError(f"student.N=[...] lists the distinct positive widths of students trained together, got {width_list}")
+    init_list = [i or "random" for i in inits] if _is_list(inits) else [inits or "random"]
+    if not init_list or len(set(init_list)) != len(init_list):
+        raise ValueError(f"student.init=[...] lists distinct initialisations of students trained together, got {init_list}")
+
+    def name(width: int, index: int, init: str) -> str:
+        if not _is_list(inits):
+            return f"N{width}"
+        return f"N{width}-{init if init in ('random', 'teacher') else f'init{index}'}"
+
+    return {name(n, i, init): {"N": n, "init": init} for n in width_list for i, init in enumerate(init_list)}
 
 
-def member_config(cfg: DictConfig, width: int) -> DictConfig:
-    """The configuration of one student of a group: its width, and its run directory inside the group's."""
+def member_config(cfg: DictConfig, name: str, student: dict[str, Any]) -> DictConfig:
+    """The configuration of one student of a group: its width and init, its run directory inside the group's."""
     member = copy.deepcopy(cfg)
     with open_dict(member):
-        member.student.N = width
-        member.paths.output_dir = str(Path(cfg.paths.output_dir) / f"N{width}")
+        member.student.N, member.student.init = student["N"], student["init"]
+        member.paths.output_dir = str(Path(cfg.paths.output_dir) / name)
     return member
 
 
-def member_overrides(overrides: list[str], width: int) -> list[str]:
-    return [f"student.N={width}" if o.lstrip("+").split("=", 1)[0] == "student.N" else o for o in overrides]
+def member_overrides(overrides: list[str], student: dict[str, Any]) -> list[str]:
+    """The group's command-line overrides as this student's own: student.N=16, student.init=teacher."""
+    own = {f"student.{k}": f"student.{k}={v}" for k, v in student.items()}
+    return [own.get(o.lstrip("+").split("=", 1)[0], o) for o in overrides]
 
 
 def train_group(cfg: DictConfig) -> dict[str, Any]:
-    """student.N=[...]: the students of this role, lambda and seed trained together in one process, each in
-    its own run directory (N16, N32, ...) with its own results.json; a KD group pays the teacher's forward once
-    per batch. Re-running resumes the group and evaluates the students that have no results yet."""
+    """student.N=[...] (and/or student.init=[...]): the students of this role, lambda and seed trained together in
+    one process, each in its own run directory (N16, N32, ...) with its own results.json; a KD group pays the
+    teacher's forward once per batch. Re-running resumes the group and evaluates the students that have no
+    results yet."""
     run_dir = Path(cfg.paths.output_dir)
-    widths = student_widths(cfg)
-    members_cfg = {f"N{n}": member_config(cfg, n) for n in widths}
+    students = group_members(cfg)
+    members_cfg = {name: member_config(cfg, name, student) for name, student in students.items()}
     member_dirs = {name: Path(c.paths.output_dir) for name, c in members_cfg.items()}
     pending = [name for name, d in member_dirs.items() if not (d / RESULTS_FILE).is_file()]
     if not pending:
@@ -288,11 +305,11 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
         return {}
     start = time.perf_counter()
     use_threads(cfg.get("threads"))
-    log.info("run %s: %s, students N=%s trained together, %d batches, seed %d", run_dir, cfg.role, widths, cfg.steps, cfg.seed)
+    log.info("run %s: %s, students %s trained together, %d batches, seed %d", run_dir, cfg.role, ", ".join(students), cfg.steps, cfg.seed)
     if cfg.get("prune") or cfg.get("quant"):
-        raise ValueError("student.N=[...] trains several students together; prune and quant runs are one network each: sweep them")
+        raise ValueError("student.N=[...] or student.init=[...] trains several students together; prune and quant runs are one network each: sweep them")
     if cfg.trainer.get("devices") not in (None, 1, "auto") or cfg.trainer.get("num_nodes", 1) != 1:
-        raise ValueError("student.N=[...] trains its students in one process on one device: set trainer.devices=1")
+        raise ValueError("students trained together (student.N=[...], student.init=[...]) share one process on one device: set trainer.devices=1")
     for member_cfg in members_cfg.values():
         check_config(member_cfg)
     datamodule = instantiate(cfg.data)
@@ -306,7 +323,7 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
     for name, member_cfg in members_cfg.items():
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # each student's initialisation, as in a run of its own
         members[name] = build_module(member_cfg, datamodule, teacher_nets)
-        write_member_hydra_dir(member_cfg, member_dirs[name])
+        write_member_hydra_dir(member_cfg, member_dirs[name], students[name])
     group = StudentGroup(members, member_dirs)
     trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
     try:
@@ -314,7 +331,7 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
         training_s = time.perf_counter() - start
         for name in pending:
             evaluate_run(members_cfg[name], member_dirs[name], datamodule.eval_paths, trainer.world_size,
-                         time.perf_counter() - training_s, trained_with=widths, overrides=member_overrides(_overrides(), members[name].net.N))
+                         time.perf_counter() - training_s, trained_with=list(students), overrides=member_overrides(_overrides(), students[name]))
     except Exception as err:  # each unfinished student says why, as a run of its own would
         for d in member_dirs.values():
             if not (d / RESULTS_FILE).is_file():
@@ -325,13 +342,12 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-def write_member_hydra_dir(member_cfg: DictConfig, member_dir: Path) -> None:
+def write_member_hydra_dir(member_cfg: DictConfig, member_dir: Path, student: dict[str, Any]) -> None:
     """A student's run directory looks like any run's: its own configuration in .hydra/."""
     hydra_dir = member_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(member_cfg))
-    width = member_cfg.student.N
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(member_overrides(_overrides(), width))))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(member_overrides(_overrides(), student))))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

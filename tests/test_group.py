@@ -24,23 +24,26 @@ def test_a_group_trains_each_student_as_it_would_be_trained_alone(teacher_sweep,
     role = "kd"  # the shared teacher's path; a plain group is the same loop without it (test_a_group_resumes...)
     common = ("steps=6", "val_every=3", f"role={role}", "lmbda=0.005", f"teacher.checkpoint={teacher_sweep}")
     group = tmp_path / "group"
-    train(*common, "student.N=[8,12]", f"hydra.run.dir={group}")
-    for width in (8, 12):
+    train(*common, "student.N=[4,8]", "student.init=[random,teacher]", f"hydra.run.dir={group}")
+    names = ["N4-random", "N4-teacher", "N8-random", "N8-teacher"]
+    assert sorted(p.parent.name for p in group.glob("*/results.json")) == sorted(names)
+    for width, init in ((4, "random"), (8, "teacher")):  # the teacher is N=8
         alone = tmp_path / f"alone{width}"
-        train(*common, f"student.N={width}", f"hydra.run.dir={alone}")
-        member = group / f"N{width}"
+        train(*common, f"student.N={width}", f"student.init={init}", f"hydra.run.dir={alone}")
+        member = group / f"N{width}-{init}"
         for name in ("best.ckpt", "last.ckpt"):  # same batches, same noise, same teacher targets: the same weights
             a, b = net_state(alone / "checkpoints" / name), net_state(member / "checkpoints" / name)
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (width, name)
         r, m = results(alone), results(member)
         assert {k: r["metrics"][k] for k in QUALITY} == {k: m["metrics"][k] for k in QUALITY}
-        assert (m["run"]["N"], m["run"]["role"], m["run"]["steps"], m["run"]["trained_with"]) == (width, role, 6, [8, 12])
-        assert f"student.N={width}" in m["run"]["overrides"] and (member / ".hydra" / "config.yaml").is_file()
+        assert (m["run"]["N"], m["run"]["init"], m["run"]["role"], m["run"]["steps"]) == (width, init, role, 6)
+        assert m["run"]["trained_with"] == names and (member / ".hydra" / "config.yaml").is_file()
+        assert f"student.N={width}" in m["run"]["overrides"] and f"student.init={init}" in m["run"]["overrides"]
         assert r["run"]["teacher"] == m["run"]["teacher"]
 
     report = run_module("lic_kd.report", str(group), "--name", "g", "--out-root", str(tmp_path / "rep"))
     rd = pd.read_csv(tmp_path / "rep" / "g" / "rd_table.csv")
-    assert sorted(rd["N"]) == [8, 12]
+    assert sorted(rd["N"]) == [4, 4, 8, 8]
     assert "did not finish" not in report.stdout + report.stderr  # the group's own dir is not a run of its own
 
 
@@ -66,6 +69,7 @@ def test_a_group_resumes_and_evaluates_only_what_is_missing(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("student.N=[8,8]", "distinct positive widths"),
     ("student.N=[]", "distinct positive widths"),
+    ("student.init=[random,random]", "distinct initialisations"),
     ("student.N=[8,12] prune=channels teacher.checkpoint=x", "prune and quant runs are one network each"),
 ])
 def test_a_bad_group_is_refused_before_training(tmp_path, override, message):
