@@ -114,11 +114,17 @@ class StudentGroup(L.LightningModule):
                                        self.member_dirs[name] / "checkpoints" / "best.ckpt")
 
     def on_train_end(self) -> None:
-        """Each student's final state as its last.ckpt: the run's length, and what `steps` reports."""
         if self.trainer.is_global_zero:
-            batches = self.trainer.global_step // self.optimizer_steps_per_batch
-            for name, member in self.members.items():
-                save_member_checkpoint(member_checkpoint(member, batches), self.member_dirs[name] / "checkpoints" / "last.ckpt")
+            self.save_last_checkpoints(self.trainer.global_step // self.optimizer_steps_per_batch)
+
+    def save_last_checkpoints(self, batches: int, missing_only: bool = False) -> None:
+        """Each student's final state as its last.ckpt: the run's length, and what `steps` reports. A group
+        resumed at its end trains nothing (Lightning skips on_train_end): `missing_only` writes what a run
+        killed after the group's last.ckpt did not."""
+        for name, member in self.members.items():
+            path = self.member_dirs[name] / "checkpoints" / "last.ckpt"
+            if not (missing_only and path.is_file()):
+                save_member_checkpoint(member_checkpoint(member, batches), path)
 
     def configure_optimizers(self) -> Any:
         optimizers, schedulers, self._counts = [], [], {}

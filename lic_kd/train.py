@@ -328,6 +328,7 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
     try:
         fit(trainer, group, datamodule, run_dir, group.optimizer_steps_per_batch, cfg.steps)
+        group.save_last_checkpoints(trainer.global_step // group.optimizer_steps_per_batch, missing_only=True)
         training_s = time.perf_counter() - start
         for name in pending:
             evaluate_run(members_cfg[name], member_dirs[name], datamodule.eval_paths, trainer.world_size,

@@ -58,10 +58,12 @@ def test_a_group_resumes_and_evaluates_only_what_is_missing(tmp_path):
 
     first = results(group / "N8")
     (group / "N8" / "results.json").unlink()
+    (group / "N8" / "checkpoints" / "last.ckpt").unlink()  # killed after the group's last.ckpt, before the students
     proc = train("steps=8", "val_every=2", "student.N=[8,12]", f"hydra.run.dir={group}")
     assert "at batch 8 of 8" in proc.stdout + proc.stderr  # nothing left to train
     assert "evaluating" in proc.stdout + proc.stderr and str(group / "N12" / "checkpoints") not in proc.stdout + proc.stderr
     assert {k: results(group / "N8")["metrics"][k] for k in QUALITY} == {k: first["metrics"][k] for k in QUALITY}
+    assert results(group / "N8")["run"]["steps"] == 8
     again = train("steps=8", "val_every=2", "student.N=[8,12]", f"hydra.run.dir={group}")
     assert "complete, nothing to do" in again.stdout + again.stderr
 
