@@ -50,3 +50,26 @@ def test_small_images_are_padded_up_to_the_crop(tmp_path):
 def test_bad_data_settings(kwargs, message):
     with pytest.raises(DataError, match=message):
         ImageDataModule(train_dir=str(CBSD68), eval_dir=str(KODAK), **kwargs)
+
+
+def test_batches_depend_on_the_seed_alone_not_on_what_else_draws():
+    """Crops, flips and order have their own streams: a network that draws random numbers (initialisation,
+    training noise) between batches leaves them unchanged, so students trained together see what each sees alone."""
+    import torch
+
+    def batches(seed, draw_between):
+        loader = ImageDataModule(train_dir=str(CBSD68), eval_dir=str(KODAK), crop_size=64, batch_size=4, seed=seed).train_dataloader()
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if draw_between:
+                torch.rand(1000)
+            if len(out) == 3:
+                return out
+
+    torch.manual_seed(0)
+    alone = batches(1, draw_between=False)
+    torch.manual_seed(123)
+    with_draws = batches(1, draw_between=True)
+    assert all(torch.equal(a, b) for a, b in zip(alone, with_draws))
+    assert not torch.equal(batches(2, draw_between=False)[0], alone[0])
