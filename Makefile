@@ -76,12 +76,13 @@ STUDY_WIDTHS ?= 16,32,48
 STUDY_LAMBDAS ?= 0.0004,0.0009,0.0018,0.0035  # where thin students trade rate for quality (the demo's range)
 STUDY_SEEDS ?= 1,2,3
 STUDY_LAUNCHER ?= joblib
+STUDY_OVERRIDES ?=  # e.g. steps=2000: a budget at which students from random init form RD curves
 study: install codecs
 	$(PY) -m lic_kd.evaluate -m launcher=$(STUDY_LAUNCHER) checkpoint=$(TEACHERS) lmbda=$(TEACHER_LAMBDAS) \
 		hydra.sweep.dir=$(STUDY_DIR)/teachers
 	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=kd,student 'student.init=[random,teacher]' \
 		'student.N=[$(STUDY_WIDTHS)]' lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
-		hydra.sweep.dir=$(STUDY_DIR)/students
+		$(STUDY_OVERRIDES) hydra.sweep.dir=$(STUDY_DIR)/students
 	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)
 
 # Frugal codecs on the shipped ladder, each technique alone and all three in one command: structured pruning
