@@ -253,8 +253,13 @@ def distillation(table: pd.DataFrame, path: Path) -> bool:
     rows = table.dropna(subset=["bd_rate_kd_vs_plain_pct"])
     if rows.empty:
         return False
+
+    def variant(curve: str) -> str:  # what the curve's name adds beyond width and init (prune, quant, ...)
+        extra = " ".join(t for t in curve.split(" ")[1:] if not t.startswith("init="))
+        return f"\n{extra}" if extra else ""
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [(r.architecture if pd.isna(r.N) else f"N={int(r.N)}") + f"\ninit={r.init}\nn={int(r.n)} seed(s)" + (f"\n{r.kd_curve.split(' ', 1)[1]}" if " " in r.kd_curve else "")
+    labels = [(r.architecture if pd.isna(r.N) else f"N={int(r.N)}") + f"\ninit={r.init}\nn={int(r.n)} seed(s)" + variant(r.kd_curve)
               for r in rows.itertuples()]
     colors = ["tab:red" if v > 0 else "tab:green" for v in rows["bd_rate_kd_vs_plain_pct"]]
     axes[0].bar(range(len(rows)), rows["bd_rate_kd_vs_plain_pct"], yerr=rows["ci95"].fillna(0), capsize=4, color=colors)
@@ -263,6 +268,10 @@ def distillation(table: pd.DataFrame, path: Path) -> bool:
     axes[0].set_ylabel("BD-rate of KD vs plain student (%)")
     axes[0].set_title("What KD buys at each width (< 0: KD saves rate; bars: 95 % interval)", fontsize=10)
     axes[0].grid(alpha=0.3, axis="y")
+    without = table[table["bd_rate_kd_vs_plain_pct"].isna()]
+    if not without.empty:  # say which pairs have no value rather than leave them out silently
+        names = ", ".join(f"N={int(r.N)} init={r.init}" if not pd.isna(r.N) else str(r.kd_curve) for r in without.itertuples())
+        axes[0].text(0.01, 0.01, f"no value (see the table): {names}", transform=axes[0].transAxes, fontsize=7, va="bottom")
     for role, column, style in (("plain", "bd_rate_plain_vs_teacher_pct", ROLE_STYLE["student"]), ("KD", "bd_rate_kd_vs_teacher_pct", ROLE_STYLE["kd"])):
         if column in rows and rows[column].notna().any():
             points = rows.dropna(subset=[column])
