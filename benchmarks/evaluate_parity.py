@@ -102,14 +102,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours = json.loads((runs["lic_kd"][-1] / "results.json").read_text())
         ours_1t = json.loads((runs["lic_kd_1thread"][-1] / "results.json").read_text())
         their = {k: v[0] for k, v in json.loads((runs["compressai"][-1] / "theirs.json").read_text())["results"].items()}
-        headers = header_bytes(runs["lic_kd"][-1] / "bitstreams")
-        rows = ours["images"]
+        headers = header_bytes(runs["lic_kd_1thread"][-1] / "bitstreams")
+        rows = ours_1t["images"]
         header_bpp = sum(8 * headers[Path(r["image"]).stem] / (r["height"] * r["width"]) for r in rows) / len(rows)
         n_images = len(rows)
         ours_in_process = [json.loads((d / "results.json").read_text())["wall_time_s"] for d in runs["lic_kd"]]
         their_coding = n_images * (their["encoding_time"] + their["decoding_time"])
 
-    m = ours["metrics"]
+    # parity on equal arithmetic: eval_model codes with 1 thread, and a g_a computed on 2 threads may round a
+    # latent the other way at a .5 boundary (a few bytes of the strings differ: float noise, reported apart)
+    m = ours_1t["metrics"]
     bpp_strings = m["bpp"] - header_bpp
     med = {k: spread(v)["median"] for k, v in t.items()}
     ratios = {
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        goal_value=1.0, what="the same with OMP_NUM_THREADS=1 for lic_kd (eval_model sets 1 thread itself)"),
         "bpp_file_vs_strings": ratio(m["bpp"], their["bpp"], what="lic_kd bpp (whole file) / eval_model bpp (strings only)"),
         "bpp_strings_parity": ratio(bpp_strings, their["bpp"], goal="|diff| <= 1e-9 bpp", met=abs(bpp_strings - their["bpp"]) <= 1e-9,
-                                    what="lic_kd bpp less its header / eval_model bpp: the same strings"),
+                                    what="lic_kd bpp less its header / eval_model bpp, both on 1 thread: the same strings"),
         "psnr_parity": ratio(m["psnr"], their["psnr-rgb"], goal=f"|diff| <= {TOL:g} dB", met=abs(m["psnr"] - their["psnr-rgb"]) <= TOL,
                              what="PSNR lic_kd / eval_model"),
         "ms_ssim_parity": ratio(m["ms_ssim"], their["ms-ssim-rgb"], goal=f"|diff| <= {TOL:g}",
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     absolute = {
         "wall_s": {k: spread(v) for k, v in t.items()},
         "lic_kd_wall_in_process_s": spread(ours_in_process),
-        "lic_kd_coding_s": sum(r["encode_s"] + r["decode_s"] for r in rows),
+        "lic_kd_coding_s": sum(r["encode_s"] + r["decode_s"] for r in ours["images"]),
         "lic_kd_1thread_coding_s": sum(r["encode_s"] + r["decode_s"] for r in ours_1t["images"]),
         "compressai_coding_s": their_coding,
         "lic_kd_profile": {k: ours.get(k) for k in ("latency", "memory", "energy")},
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "metrics": {"lic_kd": {k: m[k] for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim")}, "compressai": their},
         "diff": {"bpp_strings": bpp_strings - their["bpp"], "psnr": m["psnr"] - their["psnr-rgb"],
                  "ms_ssim": m["ms_ssim"] - their["ms-ssim-rgb"]},
+        "diff_lic_kd_2_threads": {"bpp": ours["metrics"]["bpp"] - m["bpp"], "psnr": ours["metrics"]["psnr"] - m["psnr"],
+                                  "ms_ssim": ours["metrics"]["ms_ssim"] - m["ms_ssim"]},
     }
     settings = {"checkpoint": f"{TEACHERS.name} lambda {TEACHER_LMBDA}, exported by python -m lic_kd.export",
                 "images": str(images) if not args.smoke else f"kodim01 cropped to {SMOKE_CROP[0]}x{SMOKE_CROP[1]}", "n_images": n_images,
