@@ -117,14 +117,10 @@ class StudentGroup(L.LightningModule):
         if self.trainer.is_global_zero:
             self.save_last_checkpoints(self.trainer.global_step // self.optimizer_steps_per_batch)
 
-    def save_last_checkpoints(self, batches: int, missing_only: bool = False) -> None:
-        """Each student's final state as its last.ckpt: the run's length, and what `steps` reports. A group
-        resumed at its end trains nothing (Lightning skips on_train_end): `missing_only` writes what a run
-        killed after the group's last.ckpt did not."""
+    def save_last_checkpoints(self, batches: int) -> None:
+        """Each student's final state as its last.ckpt: the run's length, and what `steps` reports."""
         for name, member in self.members.items():
-            path = self.member_dirs[name] / "checkpoints" / "last.ckpt"
-            if not (missing_only and path.is_file()):
-                save_member_checkpoint(member_checkpoint(member, batches), path)
+            save_member_checkpoint(member_checkpoint(member, batches), self.member_dirs[name] / "checkpoints" / "last.ckpt")
 
     def configure_optimizers(self) -> Any:
         optimizers, schedulers, self._counts = [], [], {}

@@ -310,25 +310,23 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("student.N=[...] or student.init=[...] trains several students together; prune and quant runs are one network each: sweep them")
     if cfg.trainer.get("devices") not in (None, 1, "auto") or cfg.trainer.get("num_nodes", 1) != 1:
         raise ValueError("students trained together (student.N=[...], student.init=[...]) share one process on one device: set trainer.devices=1")
-    for member_cfg in members_cfg.values():
-        check_config(member_cfg)
-    datamodule = instantiate(cfg.data)
-    datamodule.check()
-    teacher_nets = None
-    if cfg.role == "kd":
-        teacher_nets = (load_net(cfg.teacher.checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.lmbda)[0], None)
-        if cfg.teacher.get("z_checkpoint"):
-            teacher_nets = (teacher_nets[0], load_net(cfg.teacher.z_checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.teacher.get("z_lmbda"))[0])
-    members = {}
-    for name, member_cfg in members_cfg.items():
-        L.seed_everything(cfg.seed, workers=True, verbose=False)  # each student's initialisation, as in a run of its own
-        members[name] = build_module(member_cfg, datamodule, teacher_nets)
+    for name, member_cfg in members_cfg.items():  # run dirs first: a failure below is then recorded in each
         write_member_hydra_dir(member_cfg, member_dirs[name], students[name])
-    group = StudentGroup(members, member_dirs)
-    trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
     try:
+        for member_cfg in members_cfg.values():
+            check_config(member_cfg)
+        datamodule = instantiate(cfg.data)
+        datamodule.check()
+        members: dict[str, CodecModule] = {}
+        for name, member_cfg in members_cfg.items():
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # each student's initialisation, as in a run of its own
+            first = next(iter(members.values()), None)  # the first loads the teachers as a run of its own; the others share them
+            members[name] = build_module(member_cfg, datamodule, (first.teacher, first.z_teacher) if first and first.is_kd else None)
+        group = StudentGroup(members, member_dirs)
+        trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
         fit(trainer, group, datamodule, run_dir, group.optimizer_steps_per_batch, cfg.steps)
-        group.save_last_checkpoints(trainer.global_step // group.optimizer_steps_per_batch, missing_only=True)
+        # a group resumed at its end trains nothing and Lightning skips on_train_end: the students' last.ckpt again
+        group.save_last_checkpoints(trainer.global_step // group.optimizer_steps_per_batch)
         training_s = time.perf_counter() - start
         for name in pending:
             evaluate_run(members_cfg[name], member_dirs[name], datamodule.eval_paths, trainer.world_size,

@@ -78,3 +78,14 @@ def test_a_bad_group_is_refused_before_training(tmp_path, override, message):
     proc = train(*override.split(), f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0 and message in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_group_that_fails_while_building_records_why_in_each_student(teacher_sweep, tmp_path):
+    group = tmp_path / "group"
+    proc = train("role=kd", "student.M=8", "student.N=[4,8]", f"teacher.checkpoint={teacher_sweep}", "lmbda=0.005",
+                 f"hydra.run.dir={group}", check=False)
+    assert proc.returncode != 0 and "KD on y_hat needs equal student and teacher shapes" in proc.stderr + proc.stdout
+    for name in ("N4", "N8"):  # each student's run dir says why it has no results, as a run of its own would
+        failure = json.loads((group / name / "failure.json").read_text())
+        assert "equal student and teacher shapes" in failure["error"] and (group / name / ".hydra").is_dir()
+    assert not (group / "checkpoints").exists()
