@@ -16,24 +16,7 @@ from torch import nn
 
 from lic_kd.module import CodecModule, step_scheduler
 
-__all__ = ["StudentGroup", "member_checkpoint", "save_member_checkpoint"]
-
-
-def member_checkpoint(member: CodecModule, batches: int, **extra: Any) -> dict[str, Any]:
-    """A student's checkpoint in the layout of a run of its own (load_net and reports read it as one)."""
-    import lightning
-
-    state = {k: v for k, v in member.state_dict().items() if k.startswith("net.")}
-    return {"state_dict": state, "hyper_parameters": dict(member.hparams), "epoch": 0,
-            "global_step": batches * member.optimizer_steps_per_batch,
-            "pytorch-lightning_version": lightning.__version__, **extra}
-
-
-def save_member_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)  # a reader never sees half a file
+__all__ = ["StudentGroup"]
 
 
 class StudentGroup(L.LightningModule):
@@ -55,12 +38,6 @@ class StudentGroup(L.LightningModule):
             raise ValueError("students trained together must share their teacher modules (teacher_nets)")
         self.optimizer_steps_per_batch = sum(m.optimizer_steps_per_batch for m in self.members.values())
         self.best: dict[str, float] = {}
-
-    def train(self, mode: bool = True) -> "StudentGroup":
-        super().train(mode)
-        for member in self.members.values():
-            member.train(mode)  # keeps the shared teacher in eval mode
-        return self
 
     def _targets(self, batch: torch.Tensor) -> tuple[dict, dict] | None:
         return self.shared.teacher_targets(batch) if self.shared is not None else None
@@ -110,8 +87,7 @@ class StudentGroup(L.LightningModule):
             # as ModelCheckpoint(monitor=val/loss, mode=min) would in a run of its own: ties keep the first
             if self.trainer.is_global_zero and float(val_loss) < self.best.get(name, float("inf")):
                 self.best[name] = float(val_loss)
-                save_member_checkpoint(member_checkpoint(member, batches, val_loss=float(val_loss)),
-                                       self.member_dirs[name] / "checkpoints" / "best.ckpt")
+                member.save_run_checkpoint(self.member_dirs[name] / "checkpoints" / "best.ckpt", batches, val_loss=float(val_loss))
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
@@ -120,7 +96,7 @@ class StudentGroup(L.LightningModule):
     def save_last_checkpoints(self, batches: int) -> None:
         """Each student's final state as its last.ckpt: the run's length, and what `steps` reports."""
         for name, member in self.members.items():
-            save_member_checkpoint(member_checkpoint(member, batches), self.member_dirs[name] / "checkpoints" / "last.ckpt")
+            member.save_run_checkpoint(self.member_dirs[name] / "checkpoints" / "last.ckpt", batches)
 
     def configure_optimizers(self) -> Any:
         optimizers, schedulers, self._counts = [], [], {}

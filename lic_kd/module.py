@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
@@ -217,6 +218,20 @@ class CodecModule(L.LightningModule):
         logs = self.fit_batch(self, batch, optimizers if isinstance(optimizers, list) else [optimizers])
         self.log_dict(logs, prog_bar=False, batch_size=batch.shape[0])
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
+
+    def save_run_checkpoint(self, path: Path, batches: int, **extra: Any) -> None:
+        """This network as a run's checkpoint in Lightning's layout, written without a Trainer (a post-training
+        quantization; a student of a group): load_net, resume and reports read it as any run's. Written to a
+        temporary file, then renamed: a reader never sees half a file."""
+        import lightning
+
+        checkpoint = {"state_dict": {k: v for k, v in self.state_dict().items() if k.startswith("net.")},
+                      "hyper_parameters": dict(self.hparams), "epoch": 0, "global_step": batches * self.optimizer_steps_per_batch,
+                      "pytorch-lightning_version": lightning.__version__, **extra}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        tmp.replace(path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["noise_state"] = self.noise_state

@@ -100,20 +100,6 @@ def check_quant(cfg: DictConfig) -> None:
                          "student.init=teacher with teacher.checkpoint=PATH")
 
 
-def save_untrained_checkpoint(module: CodecModule, checkpoints: Path) -> None:
-    """Post-training quantization trains nothing: its calibrated network is written as best.ckpt and
-    last.ckpt in Lightning's layout, so that evaluation, resume and reports read it like any run's."""
-    import lightning
-
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
-            "epoch": 0, "pytorch-lightning_version": lightning.__version__}
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for name in ("best.ckpt", "last.ckpt"):
-        tmp = checkpoints / f".{name}.tmp"
-        torch.save(ckpt, tmp)
-        tmp.replace(checkpoints / name)
-
-
 def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
     """The checkpoint to resume from and its global step: last.ckpt, else best.ckpt. A file that cannot be
     read (a run killed while writing it) is set aside under a new name, said in the log, and the next one
@@ -242,7 +228,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, module.optimizer_steps_per_batch, last)
     if (cfg.get("quant") or {}).get("mode") == "ptq":
         log.info("post-training quantization: calibrated on training crops, no training")
-        save_untrained_checkpoint(module, run_dir / "checkpoints")
+        for name in ("best.ckpt", "last.ckpt"):  # evaluation, resume and reports read it like any run's
+            module.save_run_checkpoint(run_dir / "checkpoints" / name, batches=0)
     else:
         fit(trainer, module, datamodule, run_dir, module.optimizer_steps_per_batch, cfg.steps)
         if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
