@@ -20,6 +20,7 @@ from lic_kd import REPO_ROOT
 from lic_kd.codec import dataset_means, reconstruction_quality
 from lic_kd.data import check_images, list_images, load_rgb, to_tensor
 from lic_kd.results import RESULTS_FILE, environment, write_json_atomic
+from lic_kd.errors import ConfigError, run_cli
 
 # name -> (file suffix, Pillow feature that must be present, save kwargs for one quality value, ladder)
 CODECS: dict[str, tuple[str, str, Callable[[int], dict[str, Any]], Sequence[int]]] = {
@@ -64,7 +65,7 @@ def spread(ladder: Sequence[int], points: int | None) -> list[int]:
     if not points or points >= len(ladder):
         return list(ladder)
     if points < 2:
-        raise ValueError(f"--points must be at least 2 (a curve), got {points}")
+        raise ConfigError(f"--points must be at least 2 (a curve), got {points}")
     return [ladder[round(i * (len(ladder) - 1) / (points - 1))] for i in range(points)]
 
 
@@ -122,4 +123,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    run_cli(main)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lic_kd.data import load_rgb, to_tensor
 from lic_kd.profiling import profile_autoencoder, profile_codec, sync
+from lic_kd.errors import ConfigError
 
 PAD_MULTIPLE = 64  # the total downsampling of the hyperprior models: g_a (16) x h_a (4)
 MAGIC = b"LKD2"
@@ -62,7 +63,7 @@ def read_bitstream(path: Path) -> tuple[list[list[bytes]], Any, tuple[int, int]]
     """Inverse of write_bitstream: (strings, latent shape, original (H, W))."""
     data = path.read_bytes()
     if data[:4] != MAGIC:
-        raise ValueError(f"{path} is not a lic_kd bitstream")
+        raise ConfigError(f"{path} is not a lic_kd bitstream")
     h, w, header_len = struct.unpack_from(">HHH", data, 4)
     offset = 10
     shape = json.loads(data[offset : offset + header_len])
@@ -143,6 +144,7 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
     sync(device)
     encode_s = time.perf_counter() - start
     n_bytes = write_bitstream(bitstream, enc["strings"], enc["shape"], (h, w))
+    payload = sum(len(s) for group in enc["strings"] for s in group)  # what CompressAI's eval_model counts
 
     strings, shape, (h_read, w_read) = read_bitstream(bitstream)
     sync(device)
@@ -153,7 +155,7 @@ def code_image(coder: CompressionModel, path: Path, bitstream: Path, device: tor
     decode_s = time.perf_counter() - start
 
     return {"image": path.name, "height": h, "width": w, "bytes": n_bytes, "bpp": 8 * n_bytes / num_pixels,
-            "bpp_estimated": bpp_estimated, **reconstruction_quality(x, to_8bit(x_hat)), "encode_s": encode_s, "decode_s": decode_s}
+            "bpp_payload": 8 * payload / num_pixels, "bpp_estimated": bpp_estimated, **reconstruction_quality(x, to_8bit(x_hat)), "encode_s": encode_s, "decode_s": decode_s}
 
 
 def to_8bit(x_hat: torch.Tensor) -> torch.Tensor:
@@ -198,7 +200,7 @@ def reconstruct_image(net: nn.Module, path: Path, out_png: Path, device: torch.d
     return {"image": path.name, "height": h, "width": w, **reconstruction_quality(x, x_hat), "encode_s": encode_s, "decode_s": decode_s}
 
 
-METRICS = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s")
+METRICS = ("bpp", "bpp_payload", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s")
 
 
 def dataset_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import accumulate
 from pathlib import Path
 from typing import Sequence
 
@@ -12,11 +13,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from lic_kd.errors import UserError
+
 CACHE_MAX_IMAGES = 2000  # training images decoded once and kept in memory (data.cache_images=null)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data path or file that cannot be used; the message names it."""
 
 
@@ -171,12 +174,25 @@ class ImageDataModule(L.LightningDataModule):
         paths = [p for d in train_dirs for p in (vimeo90k_paths(d) if self.layout == "vimeo90k" else list_images(d))]
         if self.val_dir:
             return paths, list_images(self.val_dir)
-        shuffled = paths[:]
+        # Held out by group: a folder's images are independent (one each); Vimeo-90K's frames of a clip, and
+        # the clips of a sequence (<seq>/<clip>/imN.png), are near duplicates: a whole sequence on one side.
+        vimeo = self.layout == "vimeo90k"
+        groups: dict[object, list[Path]] = {}
+        for i, path in enumerate(paths):
+            groups.setdefault(path.parent.parent if vimeo else i, []).append(path)
+        shuffled = list(groups.values())
         random.Random(self.seed).shuffle(shuffled)  # fixed split: resumed runs validate on the same images
-        n_val = max(1, round(len(paths) * self.val_fraction))
-        if len(paths) - n_val < 1:
-            raise DataError(f"{self.train_dir} has {len(paths)} image(s): too few to hold out a validation split")
-        return shuffled[n_val:], shuffled[:n_val]
+        n_val = max(1, round(len(paths) * self.val_fraction))  # validation frames, as configured
+        n_held = next(k for k, total in enumerate(accumulate(map(len, shuffled)), 1) if total >= n_val)
+        if n_held == len(shuffled):
+            unit = "Vimeo-90K sequence" if vimeo else "image"
+            raise DataError(f"{self.train_dir} has {len(shuffled)} {unit}{'s' if len(shuffled) != 1 else ''}: "
+                            "too few to hold out a validation split (or set data.val_dir)")
+        held = [p for g in shuffled[:n_held] for p in g]
+        # One Vimeo-90K sequence is ~1 % of its frames, 10x data.val_fraction=0.001: validate on n_val of the
+        # held-out frames, spread over their clips; the others are in neither split. A folder holds out n_val.
+        val = [held[i * len(held) // n_val] for i in range(n_val)]
+        return [p for g in shuffled[n_held:] for p in g], val
 
     def check(self) -> None:
         """Read every small-set image once (validation, evaluation, a folder training set) before training."""

@@ -1,7 +1,7 @@
 """Errors a person reads: a mistake in the user's input (a config value, a path, an image, a checkpoint, a
-SLURM request) prints as one line naming the value and what would be valid, and the process exits non-zero;
-the traceback is shown only when asked (HYDRA_FULL_ERROR=1, or LIC_KD_VERBOSE=1). Anything else is a bug
-and keeps its full traceback."""
+SLURM request) is a UserError raised where the value enters; every command prints it as one line naming the
+value and what would be valid, and exits with USER_ERROR_STATUS. The traceback is shown only when asked
+(HYDRA_FULL_ERROR=1, or LIC_KD_VERBOSE=1). Anything else is a bug and keeps its full traceback."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ import os
 import sys
 from typing import Callable
 
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-# What lic_kd raises about input (DataError, CheckpointError, LadderError, SlurmRequestError, and the
-# ValueErrors of config checks) and what Hydra/OmegaConf raise about a command line or a config.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OmegaConfBaseException, OverrideParseException,
-                                                MissingConfigException, HydraException)
+USER_ERROR_STATUS = 2  # as argparse and Hydra's own command-line errors
+
+
+class UserError(ValueError):
+    """Bad input: the message names the value and the fix. (A ValueError, so that callers that validate
+    values may catch it as one.)"""
+
+
+class ConfigError(UserError):
+    """A configuration value that cannot work, found before any expensive work starts."""
+
+
+# What lic_kd raises about input, and what Hydra/OmegaConf raise about a command line or a config file.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OmegaConfBaseException, OverrideParseException,
+                                                MissingConfigException)
 
 
 def verbose() -> bool:
@@ -24,17 +35,31 @@ def verbose() -> bool:
 
 def user_error(err: BaseException) -> BaseException | None:
     """The innermost user-input error behind `err` (a sweep's job failure or Hydra's "Error in call to target"
-    wraps the sentence that names the value), else None."""
+    wraps the sentence that names the value), else None: then `err` is a bug."""
     found, seen = None, err
     while seen is not None:
-        if isinstance(seen, USER_ERRORS) and not type(seen).__name__ == "HydraJobException":
+        if isinstance(seen, USER_ERRORS):
             found = seen
         seen = seen.__cause__
     return found
 
 
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n")[:2]).strip()
+
+
+def exit_on_user_error(err: BaseException) -> None:
+    """Print a user error as one line and exit with USER_ERROR_STATUS; return for anything else (a bug)."""
+    cause = user_error(err)
+    if cause is None:
+        return
+    sys.stderr.write(f"error: {one_line(cause)}\n(run with HYDRA_FULL_ERROR=1 for the traceback)\n")
+    sys.exit(USER_ERROR_STATUS)
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a Hydra entry point; a user-input error becomes one line on stderr and exit status 1."""
+    """Run an entry point; a user-input error becomes one line on stderr and exit status 2, a bug keeps its
+    traceback."""
     if verbose():
         main()
         return
@@ -42,11 +67,7 @@ def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
     except Exception as err:
-        cause = user_error(err)
-        if cause is None:
-            raise
-        message = " ".join(str(cause).split("\n")[:2]).strip()
-        sys.stderr.write(f"error: {message}\n(run with HYDRA_FULL_ERROR=1 for the traceback)\n")
-        sys.exit(1)
+        exit_on_user_error(err)
+        raise
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
+
 from lic_kd.errors import run_cli
 from lic_kd.codec import evaluate_net, summary
 from lic_kd.data import check_images, list_images

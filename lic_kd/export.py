@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lic_kd.errors import ConfigError, run_cli
+
 # lic_kd model class -> CompressAI's architecture name (eval_model's -a)
 COMPRESSAI_NAMES = {
     "FactorizedPrior": "bmshj2018-factorized",
@@ -38,7 +40,7 @@ def export_compressai(net: nn.Module, out: Path) -> tuple[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lic_kd.models import CheckpointError, load_net
+    from lic_kd.models import load_net
 
     parser = argparse.ArgumentParser(prog="python -m lic_kd.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,17 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="output file; its name gets the sha256 prefix, as CompressAI names files")
     parser.add_argument("--lmbda", type=float, default=None, help="the run of a sweep dir or the rung of a ladder")
     args = parser.parse_args(argv)
-    try:
-        net, meta = load_net(args.checkpoint, lmbda=args.lmbda)
-    except CheckpointError as err:
-        parser.exit(2, f"error: {err}\n")
+    net, meta = load_net(args.checkpoint, lmbda=args.lmbda)
     if meta.get("quant"):
-        parser.exit(2, f"error: {args.checkpoint} is a fixed-point run (quant.mode={meta['quant']['mode']}): its input "
-                       "quantizers have no CompressAI equivalent, so eval_model could not reproduce it\n")
+        raise ConfigError(f"{args.checkpoint} is a fixed-point run (quant.mode={meta['quant']['mode']}): its input "
+                          "quantizers have no CompressAI equivalent, so eval_model could not reproduce it")
     path, _ = export_compressai(net, args.out)
     arch = COMPRESSAI_NAMES.get(type(net).__name__, type(net).__name__)
     print(f"{path}\nread it with: python -m compressai.utils.eval_model checkpoint IMAGES -a {arch} -p {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

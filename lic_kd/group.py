@@ -7,6 +7,7 @@ noise) and is evaluated, reported and resumed like any run."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ import lightning as L
 import torch
 from torch import nn
 
-from lic_kd.module import CodecModule, step_scheduler
+from lic_kd.module import CodecModule, DivergedError, step_at_validation
+from lic_kd.results import FAILURE_FILE, write_json_atomic
 
 __all__ = ["StudentGroup"]
+
+log = logging.getLogger(__name__)
 
 
 class StudentGroup(L.LightningModule):
@@ -38,6 +42,20 @@ class StudentGroup(L.LightningModule):
             raise ValueError("students trained together must share their teacher modules (teacher_nets)")
         self.optimizer_steps_per_batch = sum(m.optimizer_steps_per_batch for m in self.members.values())
         self.best: dict[str, float] = {}
+        self.diverged: dict[str, dict[str, Any]] = {}  # members stopped at a non-finite loss: the others go on
+
+    def active(self) -> dict[str, CodecModule]:
+        return {name: m for name, m in self.members.items() if name not in self.diverged}
+
+    def stop_member(self, name: str, err: DivergedError) -> None:
+        """A member met a non-finite loss: it stops (its weights stay the last finite ones, its best.ckpt stays
+        what it was), says so in its run directory, and the group goes on without it; with none left, it stops."""
+        self.diverged[name] = {"error": f"{type(err).__name__}: {err}", "diverged": err.record}
+        if self.trainer.is_global_zero:
+            write_json_atomic(self.member_dirs[name] / FAILURE_FILE, self.diverged[name])
+        log.error("student %s: %s", name, err)
+        if not self.active():
+            raise err
 
     def _targets(self, batch: torch.Tensor) -> tuple[dict, dict] | None:
         return self.shared.teacher_targets(batch) if self.shared is not None else None
@@ -58,18 +76,24 @@ class StudentGroup(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         targets = self._targets(batch)  # one teacher forward serves every student
-        optimizers = self._optimizers()
+        optimizers, schedulers = self._optimizers(), self._schedulers()
         losses = []
-        for name, member in self.members.items():
-            logs = member.fit_batch(self, batch, optimizers[name], targets)
+        for name, member in self.active().items():
+            try:
+                logs = member.fit_batch(self, batch, optimizers[name], targets)
+            except DivergedError as err:
+                self.stop_member(name, err)
+                continue
+            member.step_schedule_after_batch(schedulers.get(name))
             self.log_dict({f"{name}/{k}": v for k, v in logs.items()}, batch_size=batch.shape[0])
             losses.append(logs["train/loss"])
-        self.log("loss", torch.stack(losses).mean(), prog_bar=True, logger=False)
+        if losses:
+            self.log("loss", torch.stack(losses).mean(), prog_bar=True, logger=False)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         targets = self._targets(batch)
         losses = []
-        for name, member in self.members.items():
+        for name, member in self.active().items():
             logs = member.validation_logs(batch, targets)
             self.log_dict({f"{name}/{k}": v for k, v in logs.items()}, batch_size=batch.shape[0], sync_dist=True)
             losses.append(logs["val/loss"])
@@ -81,9 +105,14 @@ class StudentGroup(L.LightningModule):
             return
         schedulers = self._schedulers()
         batches = self.trainer.global_step // self.optimizer_steps_per_batch
-        for name, member in self.members.items():
+        for name, member in self.active().items():
             val_loss = self.trainer.callback_metrics[f"{name}/val/loss"]
-            step_scheduler(schedulers.get(name), val_loss)
+            try:
+                member._check_finite(val_loss, "the validation loss is {}", batches, self._optimizers()[name][0])
+            except DivergedError as err:
+                self.stop_member(name, err)
+                continue
+            step_at_validation(schedulers.get(name), val_loss)
             # as ModelCheckpoint(monitor=val/loss, mode=min) would in a run of its own: ties keep the first
             if self.trainer.is_global_zero and float(val_loss) < self.best.get(name, float("inf")):
                 self.best[name] = float(val_loss)
@@ -95,7 +124,7 @@ class StudentGroup(L.LightningModule):
 
     def save_last_checkpoints(self, batches: int) -> None:
         """Each student's final state as its last.ckpt: the run's length, and what `steps` reports."""
-        for name, member in self.members.items():
+        for name, member in self.active().items():
             member.save_run_checkpoint(self.member_dirs[name] / "checkpoints" / "last.ckpt", batches)
 
     def configure_optimizers(self) -> Any:
@@ -111,10 +140,13 @@ class StudentGroup(L.LightningModule):
         return (optimizers, schedulers) if schedulers else optimizers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["members"] = {name: {"noise_state": m.noise_state, "best": self.best.get(name)} for name, m in self.members.items()}
+        checkpoint["members"] = {name: {"noise_state": m.noise_state, "best": self.best.get(name), "diverged": self.diverged.get(name)}
+                                 for name, m in self.members.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for name, saved in checkpoint.get("members", {}).items():
             self.members[name].noise_state = saved["noise_state"]
             if saved["best"] is not None:
                 self.best[name] = saved["best"]
+            if saved.get("diverged"):
+                self.diverged[name] = saved["diverged"]

@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
+from lic_kd.errors import UserError, run_cli
+
 LADDER_FILE = "ladder.json"
 
 
-class LadderError(ValueError):
+class LadderError(UserError):
     """A ladder that is incomplete, damaged or has no rung at the lambda asked for."""
 
 
@@ -85,9 +87,16 @@ def ladder_rung(root: str | Path, lmbda: float | None) -> tuple[Path, dict[str, 
     return path, ladder, rung
 
 
+def ladder_fingerprint(ladder: dict[str, Any]) -> str:
+    """12 hex digits of a sha256 over the rungs' own: a retrained ladder under the same name differs in it."""
+    return hashlib.sha256("".join(sorted(r["sha256"] for r in ladder["rungs"])).encode()).hexdigest()[:12]
+
+
 def rung_meta(ladder: dict[str, Any], rung: dict[str, Any]) -> dict[str, Any]:
-    """What load_net reports of a ladder rung, shaped like a lic_kd checkpoint's own record."""
+    """What load_net reports of a ladder rung, shaped like a lic_kd checkpoint's own record. Its rungs are one
+    curve: the ladder, whatever each rung's fine-tuning."""
     return {
+        "settings": {"ladder": ladder.get("name"), "ladder.fingerprint": ladder_fingerprint(ladder)},
         "role": "teacher",
         "loss": {"_target_": "lic_kd.losses.make_rd_loss", "lmbda": rung["lmbda"], "metric": ladder.get("metric", "mse")},
         "teacher": None,
@@ -248,17 +257,14 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="add the sweep's runs (fine-tuned from the ladder's base) to the existing ladder OUT_DIR")
     args = parser.parse_args()
-    try:
-        if args.append:
-            ladder = append_rungs(args.sweep_dir, args.out_dir, args.command, args.note)
-        else:
-            ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note)
-    except LadderError as err:
-        parser.exit(2, f"error: {err}\n")
+    if args.append:
+        ladder = append_rungs(args.sweep_dir, args.out_dir, args.command, args.note)
+    else:
+        ladder = build_ladder(args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note)
     for r in ladder["rungs"]:
         k = r["kodak"]
         print(f"lmbda {r['lmbda']:<7g} bpp {k['bpp']:.4f}  PSNR {k['psnr']:.2f} dB  MS-SSIM {k['ms_ssim']:.4f}  {r['file']}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

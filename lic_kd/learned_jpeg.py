@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from lic_kd.codec import dataset_means, psnr_8bit, reconstruction_quality, to_8bit
 from lic_kd.data import list_images, load_rgb, to_tensor
+from lic_kd.errors import ConfigError
 from lic_kd.profiling import EnergyMeter
 
 # The example tables of the JPEG standard (ITU-T T.81, Annex K), natural order: libjpeg scales them by quality.
@@ -71,7 +72,7 @@ def quality_tables(quality: int) -> torch.Tensor:
     """libjpeg's tables at `quality` 1..100 (IJG scaling of the Annex K tables, baseline: 1..255), as a (2, 64)
     float tensor: luma, chroma. These are the tables of Pillow's `quality=`."""
     if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality
     base = torch.tensor([STANDARD_LUMA, STANDARD_CHROMA], dtype=torch.float64)
     return torch.floor((base * scale + 50) / 100).clamp(1, 255).float()
@@ -196,16 +197,16 @@ class LearnedJPEG(nn.Module):
         lr per batch: the project's lr (1e-4, sized for network weights) then moves an entry by about 1 %."""
         super().__init__()
         if subsampling not in SUBSAMPLING:
-            raise ValueError(f"model.subsampling must be one of {', '.join(SUBSAMPLING)}, got {subsampling!r}")
+            raise ConfigError(f"model.subsampling must be one of {', '.join(SUBSAMPLING)}, got {subsampling!r}")
         if rounding not in ROUNDING:
-            raise ValueError(f"model.rounding must be one of {ROUNDING}, got {rounding!r}")
+            raise ConfigError(f"model.rounding must be one of {ROUNDING}, got {rounding!r}")
         self.subsampling, self.rounding, self.optimize_huffman = subsampling, rounding, bool(optimize_huffman)
         unknown = set(rate_proxy or {}) - set(DEFAULT_RATE_PROXY)
         if unknown:
-            raise ValueError(f"model.rate_proxy has unknown keys {sorted(unknown)}; known: {', '.join(DEFAULT_RATE_PROXY)}")
+            raise ConfigError(f"model.rate_proxy has unknown keys {sorted(unknown)}; known: {', '.join(DEFAULT_RATE_PROXY)}")
         self.rate_proxy = {**DEFAULT_RATE_PROXY, **(rate_proxy or {})}
         if not step_scale > 0:
-            raise ValueError(f"model.step_scale must be > 0, got {step_scale}")
+            raise ConfigError(f"model.step_scale must be > 0, got {step_scale}")
         self.step_scale = float(step_scale)
         self.scaled_log_tables = nn.Parameter(initial_tables(init).log() / self.step_scale)
         self.g_a, self.g_s = JPEGAnalysis(subsampling), JPEGSynthesis(subsampling)
@@ -321,11 +322,11 @@ def initial_tables(init: str | int) -> torch.Tensor:
     if isinstance(init, str) and init.startswith("flat:"):
         value = float(init.split(":", 1)[1])
         if not 1 <= value <= 255:
-            raise ValueError(f"model.init=flat:V needs V in 1..255, got {value:g}")
+            raise ConfigError(f"model.init=flat:V needs V in 1..255, got {value:g}")
         return torch.full((2, 64), value)
     if isinstance(init, int) or (isinstance(init, str) and init.isdigit()):
         return quality_tables(int(init))
-    raise ValueError(f"model.init must be a JPEG quality 1..100 or flat:V (V in 1..255), got {init!r}")
+    raise ConfigError(f"model.init must be a JPEG quality 1..100 or flat:V (V in 1..255), got {init!r}")
 
 
 # ---- Real files -------------------------------------------------------------------------------------------

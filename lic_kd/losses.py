@@ -9,6 +9,8 @@ from compressai.losses import RateDistortionLoss as _CompressAIRateDistortionLos
 from pytorch_msssim import ms_ssim
 from torch import nn
 
+from lic_kd.errors import ConfigError
+
 __all__ = ["RateDistortionLoss", "ReconstructionLoss", "DistillationLoss", "latent_kl", "make_rd_loss"]
 
 METRICS = ("mse", "ms-ssim")
@@ -16,7 +18,7 @@ METRICS = ("mse", "ms-ssim")
 
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 class RateDistortionLoss(_CompressAIRateDistortionLoss):
@@ -36,7 +38,7 @@ def make_rd_loss(lmbda: float, metric: str = "mse") -> RateDistortionLoss:
     """`lmbda * D + bpp` with D = 255^2 * MSE or 1 - MS-SSIM: CompressAI's own loss (returns a dict with
     loss, bpp_loss and mse_loss or ms_ssim_loss)."""
     if not lmbda > 0:
-        raise ValueError(f"lmbda must be > 0, got {lmbda}")
+        raise ConfigError(f"lmbda must be > 0, got {lmbda}")
     _check_metric(metric)
     return RateDistortionLoss(lmbda=lmbda, metric=metric, return_type="all")
 
@@ -84,26 +86,38 @@ class DistillationLoss(nn.Module):
         w_x: float = 0.3,
         latent_criterion: str = "mse",
         temperature: float = 1.0,
-        x_in_task_units: bool = False,
+        x_in_task_units: bool = True,
     ) -> None:
         super().__init__()
         for name, weight in {"w_task": w_task, "w_y": w_y, "w_z": w_z, "w_x": w_x}.items():
             if weight < 0:
-                raise ValueError(f"KD weight {name} must be >= 0, got {weight}")
+                raise ConfigError(f"KD weight {name} must be >= 0, got {weight}")
         if latent_criterion not in ("mse", "kl"):
-            raise ValueError(f"latent_criterion must be 'mse' or 'kl', got {latent_criterion!r}")
+            raise ConfigError(f"latent_criterion must be 'mse' or 'kl', got {latent_criterion!r}")
         self.task = task
         self.weights = {"y": w_y, "z": w_z, "x": w_x}
         self.w_task = w_task
         self.latent_criterion = latent_criterion
         self.temperature = temperature
-        # The x_hat term as a distortion in the task's own units (lmbda * 255^2 * MSE): the teacher's
-        # reconstruction then weighs against the original image w_x : w_task, at every lambda.
-        self.x_scale = 1.0
-        if x_in_task_units:
-            if not isinstance(getattr(task, "metric", None), nn.MSELoss):  # CompressAI's RD loss with metric=mse
-                raise ValueError("loss.x_in_task_units=true needs the rate-distortion objective with metric=mse")
-            self.x_scale = task.lmbda * 255**2
+        # The x_hat term in the task's own distortion units (lmbda * 255^2 * MSE for CompressAI's RD loss, or
+        # lmbda * (1 - MS-SSIM)): the teacher's reconstruction then weighs against the original image w_x : w_task
+        # at every lambda, as the published weights mean. False: MSE of [0, 1] images, 1/(lmbda * 255^2) of that
+        # (0.1-0.6 % at the demo's lambdas), which leaves y_hat as the only KD term in practice.
+        self.x_in_task_units = x_in_task_units
+
+    def x_distortion(self, x_student: torch.Tensor, x_teacher: torch.Tensor) -> torch.Tensor:
+        """The student's reconstruction against the teacher's, as the task measures a distortion (or plain MSE
+        of [0, 1] images with x_in_task_units=false)."""
+        if not self.x_in_task_units:
+            return F.mse_loss(x_student, x_teacher)
+        metric, lmbda = getattr(self.task, "metric", "mse"), getattr(self.task, "lmbda", None)
+        if isinstance(metric, nn.MSELoss):  # CompressAI's RD loss on MSE
+            return lmbda * 255**2 * F.mse_loss(x_student, x_teacher)
+        if metric is ms_ssim or metric == "ms-ssim":
+            distortion = 1 - ms_ssim(x_student, x_teacher, data_range=1.0)
+        else:
+            distortion = F.mse_loss(x_student, x_teacher)
+        return distortion if lmbda is None else lmbda * distortion
 
     def _latent_distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.latent_criterion == "kl":
@@ -128,8 +142,8 @@ class DistillationLoss(nn.Module):
             out["kd_z"] = self._latent_distance(student_latents["z_hat"], teacher_latents["z_hat"])
             loss = loss + self.weights["z"] * out["kd_z"]
         if self.weights["x"]:
-            out["kd_x"] = F.mse_loss(student_out["x_hat"], teacher_out["x_hat"])
-            loss = loss + self.weights["x"] * self.x_scale * out["kd_x"]
+            out["kd_x"] = self.x_distortion(student_out["x_hat"], teacher_out["x_hat"])
+            loss = loss + self.weights["x"] * out["kd_x"]
         out["loss"] = loss
         return out
 

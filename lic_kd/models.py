@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -14,10 +15,11 @@ from compressai.models import CompressionModel, FactorizedPrior, ScaleHyperprior
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from lic_kd.ladder import LadderError, is_ladder, ladder_rung, rung_meta, sha256
+from lic_kd.ladder import LadderError, is_ladder, ladder_fingerprint, ladder_rung, read_ladder, rung_meta, sha256
+from lic_kd.errors import ConfigError, UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing or cannot be loaded; the message names it."""
 
 
@@ -33,9 +35,9 @@ def zoo_preset(model: str, quality: int, field: str) -> float | int | None:
 
     table = cfgs.get(ZOO_ALIASES.get(model, model))
     if table is None:
-        raise ValueError(f"no CompressAI zoo presets for model {model!r}; known: {', '.join(sorted(cfgs))}")
+        raise ConfigError(f"no CompressAI zoo presets for model {model!r}; known: {', '.join(sorted(cfgs))}")
     if quality not in table:
-        raise ValueError(f"{model} has zoo qualities {min(table)}..{max(table)}, got {quality}")
+        raise ConfigError(f"{model} has zoo qualities {min(table)}..{max(table)}, got {quality}")
     if field == "lmbda":
         return ZOO_MSE_LAMBDAS[quality]
     widths = table[quality]
@@ -80,7 +82,7 @@ def build_net(net_cfg: dict[str, Any]) -> nn.Module:
     for key in ("N", "M", "hyper_N"):
         value = net_cfg.get(key)
         if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"network width {key} must be a positive integer, got {value!r}")
+            raise ConfigError(f"network width {key} must be a positive integer, got {value!r}")
     return instantiate(net_cfg)
 
 
@@ -136,6 +138,24 @@ def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
     return path
 
 
+def checkpoint_fingerprint(spec: str | Path | None) -> str | None:
+    """The first 12 hex digits of a sha256 over the weights a teacher setting names: its file, a run's best
+    checkpoint, every run of a sweep, a ladder's rungs, a zoo file. Two runs whose teachers differ in content
+    (not only in name) differ in it; None when nothing is named."""
+    if spec is None or str(spec) == "":
+        return None
+    if str(spec).startswith("zoo:"):
+        files = [zoo_file(str(spec))[0]]
+    elif is_ladder(spec):
+        root = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+        return ladder_fingerprint(read_ladder(root))
+    elif Path(spec).is_dir() and not (Path(spec) / "checkpoints").is_dir():
+        files = [resolve_checkpoint(p.parent) for p in sorted(Path(spec).glob("*/results.json"))]
+    else:
+        files = [resolve_checkpoint(spec)]
+    return hashlib.sha256("".join(sha256(f) for f in files).encode()).hexdigest()[:12]
+
+
 def load_net(path: str | Path, architecture: str | None = None, lmbda: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
@@ -165,6 +185,10 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     with torch.random.fork_rng(devices=[]):
         net, net_cfg, meta = _net_from_checkpoint(ckpt, path, architecture)
     meta |= ladder_meta or {}
+    nonfinite = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(f"{path} has non-finite weights ({nonfinite[0]}{' and more' if len(nonfinite) > 1 else ''}): "
+                              "a diverged network is neither evaluated nor used as a teacher")
     net.eval()
     net.requires_grad_(False)
     return net, {"checkpoint": str(path.resolve()), "net": net_cfg, **meta}

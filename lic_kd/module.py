@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 from compressai.models import CompressionModel
+from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +18,7 @@ from lic_kd.losses import DistillationLoss, RateDistortionLoss
 from lic_kd.prune import prune_into
 from lic_kd.quant import calibrate, quantize
 from lic_kd.models import build_net, capture_latents, load_net, optimizer_steps_per_batch
+from lic_kd.errors import ConfigError, UserError
 
 ROLES = ("teacher", "student", "kd")
 
@@ -25,14 +27,42 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def step_scheduler(scheduler: Any, val_loss: torch.Tensor) -> None:
-    """At each validation: a plateau schedule reads the validation loss, a fixed one counts validations."""
-    if scheduler is None:
-        return
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+def budget_multistep(optimizer: torch.optim.Optimizer, milestones: list[float], steps: int, gamma: float = 0.1) -> MultiStepLR:
+    """MultiStepLR whose milestones are fractions of the training budget (0.8: after 80 % of the `steps`
+    batches), stepped every batch: changing `steps` keeps what the schedule means."""
+    if not milestones or not all(isinstance(f, (int, float)) and 0 < f < 1 for f in milestones):
+        raise ConfigError(f"scheduler.milestones are fractions of the training budget in (0, 1), e.g. [0.8, 0.95], got {list(milestones)}")
+    return MultiStepLR(optimizer, milestones=sorted({max(1, round(f * steps)) for f in milestones}), gamma=gamma)
+
+
+def budget_plateau(optimizer: torch.optim.Optimizer, patience: float, steps: int, val_every: int, factor: float = 0.5,
+                   mode: str = "min") -> ReduceLROnPlateau:
+    """ReduceLROnPlateau whose patience is a fraction of the training budget (0.2: a fifth of the batches without
+    a better validation loss), counted in validations, at least one."""
+    if not 0 < patience < 1:
+        raise ConfigError(f"scheduler.patience is a fraction of the training budget in (0, 1), e.g. 0.2, got {patience}")
+    return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=max(1, round(patience * steps / val_every)))
+
+
+def steps_every_batch(scheduler: Any) -> bool:
+    """A fixed schedule steps every batch; a plateau schedule at each validation (it reads the validation loss)."""
+    return scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau)
+
+
+def step_at_validation(scheduler: Any, val_loss: torch.Tensor) -> None:
+    if isinstance(scheduler, ReduceLROnPlateau):
         scheduler.step(val_loss)
-    else:
-        scheduler.step()
+
+
+class DivergedError(UserError):
+    """Training met a non-finite loss or gradient: the weights are still the last finite ones, nothing
+    non-finite was stepped into them. The message names the batch and the last finite loss."""
+
+    def __init__(self, what: str, batch: int, last_loss: float | None, lr: float, clipped: bool) -> None:
+        self.record = {"what": what, "batch": batch, "last_finite_loss": last_loss, "lr": lr}
+        last = "no finite loss before it" if last_loss is None else f"last finite loss {last_loss:.6g}"
+        fix = f"lower optimizer.main.lr (now {lr:g})" + ("" if clipped else " or set optimizer.clip_max_norm=1.0")
+        super().__init__(f"training diverged at batch {batch}: {what} ({last}); the run stops here, unevaluated: {fix}")
 
 
 class CodecModule(L.LightningModule):
@@ -66,7 +96,7 @@ class CodecModule(L.LightningModule):
         already loaded, that students trained together share (lic_kd.group), else loaded from `teacher`."""
         super().__init__()
         if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+            raise ConfigError(f"role must be one of {ROLES}, got {role!r}")
         self.save_hyperparameters(
             {k: _plain(v) for k, v in dict(net=net, loss=loss, optimizer=optimizer, scheduler=scheduler,
                                           role=role, teacher=teacher, init=init, prune=prune, quant=quant).items()}
@@ -76,13 +106,13 @@ class CodecModule(L.LightningModule):
         self.loss = instantiate(self.hparams.loss)
         self.is_kd = isinstance(self.loss, DistillationLoss)
         if self.is_kd != (role == "kd"):
-            raise ValueError(f"role={role} needs loss={'kd' if role == 'kd' else 'plain'}, got {type(self.loss).__name__}")
+            raise ConfigError(f"role={role} needs loss={'kd' if role == 'kd' else 'plain'}, got {type(self.loss).__name__}")
         task = self.loss.task if self.is_kd else self.loss
         self.has_entropy_model = isinstance(self.net, CompressionModel)
         has_rate = self.has_entropy_model or getattr(self.net, "has_rate", False)  # learned JPEG: a rate proxy, no aux optimizer
         if has_rate != isinstance(task, RateDistortionLoss):
             need = "objective=rd (rate-distortion)" if has_rate else "objective=reconstruction (it has no rate)"
-            raise ValueError(f"{type(self.net).__name__} {'has an' if has_rate else 'has no'} entropy model: "
+            raise ConfigError(f"{type(self.net).__name__} {'has an' if has_rate else 'has no'} entropy model: "
                              f"train it with {need}, got {type(task).__name__}")
         self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
         # prune.criterion=l1 ranks channels by filter norm alone: no activations (lic_kd.prune)
@@ -95,16 +125,17 @@ class CodecModule(L.LightningModule):
             calibrate(self.net, calibration)
         self.noise_seed = torch.initial_seed() if noise_seed is None else noise_seed
         self.noise_state: dict[str, torch.Tensor] | None = None  # set at the first training step
+        self.last_finite_loss: float | None = None
         self.teacher = self.z_teacher = None
         if self.is_kd and teacher_nets is not None:
             self.teacher, self.z_teacher = teacher_nets
         elif self.is_kd:
             if not teacher or not teacher.get("checkpoint"):
-                raise ValueError("role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a CompressAI file)")
+                raise ConfigError("role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a CompressAI file)")
             self.teacher, _ = load_net(teacher["checkpoint"], teacher.get("architecture"), lmbda=getattr(task, "lmbda", None))
             if teacher.get("z_checkpoint"):  # hybrid KD: z from a low-rate teacher, y and x_hat from the main one
                 if not self.loss.weights["z"]:
-                    raise ValueError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
+                    raise ConfigError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
                 self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
 
     def _initialise(self, init: str, teacher: dict | None, lmbda: float | None, calibration: torch.Tensor | None) -> None:
@@ -114,7 +145,7 @@ class CodecModule(L.LightningModule):
             return
         if init == "teacher":
             if not teacher or not teacher.get("checkpoint"):
-                raise ValueError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
+                raise ConfigError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
             source_path, architecture = teacher["checkpoint"], teacher.get("architecture")
         else:
             source_path, architecture = init, (teacher or {}).get("architecture")
@@ -122,7 +153,7 @@ class CodecModule(L.LightningModule):
         try:
             prune_into(source, self.net, calibration)
         except ValueError as err:
-            raise ValueError(f"student.init={init}: {err}") from None
+            raise ConfigError(f"student.init={init}: {err}") from None
 
     def train(self, mode: bool = True) -> "CodecModule":
         super().train(mode)
@@ -162,7 +193,7 @@ class CodecModule(L.LightningModule):
             if s is None or t is None or s != t:
                 hint = ("M (latent channels)" if key == "y_hat" else
                         f"hyper-latent width (model=bmshj2018-hyperprior-hyperwidth model.hyper_N={t[1] if t else 'N'})")
-                raise ValueError(f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
+                raise ConfigError(f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
                                  f"set the student's {hint} to the teacher's, or its KD weight to 0")
 
     def _step(self, batch: torch.Tensor, targets: tuple[dict, dict] | None = None) -> dict[str, torch.Tensor]:
@@ -194,12 +225,17 @@ class CodecModule(L.LightningModule):
 
     def fit_batch(self, host: L.LightningModule, batch: torch.Tensor, optimizers: list, targets: tuple | None = None) -> dict[str, torch.Tensor]:
         """One batch of CompressAI's recipe: the main optimizer on the loss (clipped), the auxiliary one on
-        the quantiles. `host` is the LightningModule the trainer runs (this one, or the group holding it)."""
+        the quantiles. `host` is the LightningModule the trainer runs (this one, or the group holding it). A
+        non-finite loss or gradient raises DivergedError before any optimizer steps on it."""
         optimizer, aux_optimizer = (optimizers + [None])[:2]
+        batch_number = host.trainer.global_step // host.optimizer_steps_per_batch + 1
         with self.noise_stream():
             out = self._step(batch, targets)
+        self._check_finite(out["loss"], "the loss is {}", batch_number, optimizer)
         optimizer.zero_grad()
         host.manual_backward(out["loss"])
+        main_params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self._check_finite(torch.nn.utils.get_total_norm([p.grad for p in main_params]), "a gradient is {}", batch_number, optimizer)
         if self.hparams.optimizer.get("clip_max_norm"):
             host.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
         optimizer.step()
@@ -207,15 +243,28 @@ class CodecModule(L.LightningModule):
 
         if aux_optimizer is not None:
             aux_loss = self.net.aux_loss()
+            self._check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", batch_number, optimizer)
             aux_optimizer.zero_grad()
             host.manual_backward(aux_loss)
             aux_optimizer.step()
             logs["train/aux"] = aux_loss.detach()
+        self.last_finite_loss = float(out["loss"].detach())
         return logs
+
+    def _check_finite(self, value: torch.Tensor, what: str, batch: int, optimizer: torch.optim.Optimizer) -> None:
+        if not torch.isfinite(value).all():
+            kind = "nan" if torch.isnan(value).any() else "inf"
+            raise DivergedError(what.format(kind), batch, self.last_finite_loss, optimizer.param_groups[0]["lr"],
+                                bool(self.hparams.optimizer.get("clip_max_norm")))
+
+    def step_schedule_after_batch(self, scheduler: Any) -> None:
+        if steps_every_batch(scheduler):
+            scheduler.step()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         optimizers = self.optimizers()
         logs = self.fit_batch(self, batch, optimizers if isinstance(optimizers, list) else [optimizers])
+        self.step_schedule_after_batch(self.lr_schedulers())
         self.log_dict(logs, prog_bar=False, batch_size=batch.shape[0])
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
 
@@ -255,8 +304,13 @@ class CodecModule(L.LightningModule):
         self.log_dict(self.validation_logs(batch), prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            step_scheduler(self.lr_schedulers(), self.trainer.callback_metrics["val/loss"])
+        if self.trainer.sanity_checking:
+            return
+        val_loss = self.trainer.callback_metrics["val/loss"]
+        # raised before ModelCheckpoint sees it: a non-finite validation never becomes best.ckpt
+        self._check_finite(val_loss, "the validation loss is {}", self.trainer.global_step // self.optimizer_steps_per_batch,
+                           self.optimizers()[0] if isinstance(self.optimizers(), list) else self.optimizers())
+        step_at_validation(self.lr_schedulers(), val_loss)
 
     def configure_optimizers(self) -> Any:
         main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]

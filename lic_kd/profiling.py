@@ -13,6 +13,8 @@ import torch
 from compressai.models import CompressionModel
 from torch import nn
 
+from lic_kd.errors import ConfigError
+
 RAPL = Path("/sys/class/powercap/intel-rapl:0")  # CPU package domain
 
 
@@ -20,7 +22,7 @@ def use_threads(threads: int | None) -> None:
     """Run torch on `threads` CPU threads (None: leave torch's default, one per core)."""
     if threads is not None:
         if int(threads) < 1:
-            raise ValueError(f"threads must be a positive number of CPU threads or null, got {threads}")
+            raise ConfigError(f"threads must be a positive number of CPU threads or null, got {threads}")
         torch.set_num_threads(int(threads))
 
 

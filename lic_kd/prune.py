@@ -5,6 +5,8 @@ family whose widths (N, M, hyper width) are at most the source's. Each layer kee
 largest importance, and every consumer of those channels keeps the same ones: the next convolution's inputs, GDN/IGDN's beta and
 gamma rows and columns, the entropy bottleneck's per-channel density of z, and the scales (and means) that
 h_s predicts for each kept channel of y. The result is a dense network with fewer channels, not a mask.
+mbt2018 keeps its latent width M (as prune=channels does): its context model and entropy parameters, which
+read y and h_s's features, are copied whole.
 
 Importance: with calibration images, a channel's contribution to the next convolution, the mean magnitude
 of its activation (after GDN or ReLU) on those images times the L1 norm of the next layer's weights that read
@@ -18,15 +20,32 @@ from __future__ import annotations
 
 import torch
 from compressai.layers import GDN
-from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from compressai.models import (FactorizedPrior, JointAutoregressiveHierarchicalPriors, MeanScaleHyperprior,
+                                ScaleHyperprior)
 from torch import nn
 
-SUPPORTED = (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior)
+from lic_kd.errors import ConfigError
+from lic_kd.models import ScaleHyperpriorHyperWidth
+
+# The classes pruned here, by their conf/model name, and their family (a source and its target share one).
+# Exact classes, not subclasses: Cheng2020Anchor subclasses mbt2018 with residual blocks in its transforms,
+# and the VBR models add gains, which this code would leave at their initial values.
+SUPPORTED: dict[type, str] = {
+    FactorizedPrior: "bmshj2018-factorized", ScaleHyperprior: "bmshj2018-hyperprior",
+    ScaleHyperpriorHyperWidth: "bmshj2018-hyperprior-hyperwidth", MeanScaleHyperprior: "mbt2018-mean",
+    JointAutoregressiveHierarchicalPriors: "mbt2018",
+}
 
 
 def _family(net: nn.Module) -> type | None:
-    """The model family (mean-scale before scale: it is a subclass of it)."""
-    return next((c for c in (MeanScaleHyperprior, ScaleHyperprior, FactorizedPrior) if isinstance(net, c)), None)
+    """The model family: the hyper-width scale hyperprior is a scale hyperprior (one initialises the other)."""
+    cls = type(net)
+    return ScaleHyperprior if cls is ScaleHyperpriorHyperWidth else cls if cls in SUPPORTED else None
+
+
+def _check_family(net: nn.Module) -> None:
+    if _family(net) is None:
+        raise ConfigError(f"channel pruning supports {', '.join(SUPPORTED.values())}, not {type(net).__name__}")
 
 
 def filter_importance(layer: nn.Module) -> torch.Tensor:
@@ -130,10 +149,9 @@ def pruned_widths(source: nn.Module, keep: float) -> dict[str, int]:
     """The widths of `source` with `keep` of its transforms' channels (N, and hyper_N where the family has
     its own), rounded, at least one each. The latent width M stays: it is what the entropy coder codes and
     what KD on y compares with the teacher, and it is a small part of the decoder's work."""
-    if _family(source) is None:
-        raise ValueError(f"channel pruning supports {', '.join(c.__name__ for c in SUPPORTED)}, not {type(source).__name__}")
+    _check_family(source)
     if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 < keep <= 1:
-        raise ValueError(f"prune.keep must be the fraction of channels kept, in (0, 1], got {keep!r}")
+        raise ConfigError(f"prune.keep must be the fraction of channels kept, in (0, 1], got {keep!r}")
     names = ("N", "hyper_N") if hasattr(source, "hyper_N") else ("N",)
     return {"M": source.M} | {name: max(1, round(keep * getattr(source, name))) for name in names}
 
@@ -142,18 +160,23 @@ def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None
     """Initialise `target` from `source` (same family, widths at most the source's), keeping the most
     important channels of every layer, measured on `images` (a batch of training crops) when given. Equal
     widths copy the weights unchanged."""
-    if _family(source) is None:
-        raise ValueError(f"channel pruning supports {', '.join(c.__name__ for c in SUPPORTED)}, not {type(source).__name__}")
+    _check_family(source)
     if _family(target) is not _family(source):
-        raise ValueError(f"cannot initialise a {type(target).__name__} from a {type(source).__name__}: same family needed")
+        raise ConfigError(f"cannot initialise a {type(target).__name__} from a {type(source).__name__}: same family needed")
     src_shapes = {k: v.shape for k, v in source.named_parameters()}
     tgt_shapes = {k: v.shape for k, v in target.named_parameters()}
     if src_shapes.keys() != tgt_shapes.keys():
-        raise ValueError(f"{type(target).__name__} and {type(source).__name__} have different layers")
+        raise ConfigError(f"{type(target).__name__} and {type(source).__name__} have different layers")
     too_wide = [k for k in src_shapes if any(t > s for t, s in zip(tgt_shapes[k], src_shapes[k]))]
     if too_wide:
-        raise ValueError(f"the network to initialise is wider than its source at {too_wide[0]} "
+        raise ConfigError(f"the network to initialise is wider than its source at {too_wide[0]} "
                          f"({tuple(tgt_shapes[too_wide[0]])} > {tuple(src_shapes[too_wide[0]])}): its widths must be at most the source's")
+    joint = _family(source) is JointAutoregressiveHierarchicalPriors
+    if joint and target.M != source.M:
+        # its context model and entropy parameters mix y's channels with h_s's 2M features: no per-channel
+        # selection of them is exact, and prune=channels keeps M anyway (pruned_widths)
+        raise ConfigError(f"pruning mbt2018 (JointAutoregressiveHierarchicalPriors) keeps the latent width M: "
+                          f"got M={target.M} from M={source.M}; set student.M={source.M}")
     if src_shapes == tgt_shapes:
         with torch.no_grad():
             for name, param in source.named_parameters():
@@ -167,9 +190,15 @@ def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None
     if isinstance(source, ScaleHyperprior):
         z_idx = _prune_chain(source.h_a, target.h_a, y_idx, magnitudes=magnitudes, consumer=source.h_s[0])
         _prune_entropy_bottleneck(source.entropy_bottleneck, target.entropy_bottleneck, z_idx)
-        src_out = source.h_s[[i for i, m in enumerate(source.h_s) if isinstance(m, nn.Conv2d)][-1]].out_channels
-        # h_s predicts a scale (and, mean-scale, a mean) per channel of y: keep those of the kept y channels
-        h_s_out = y_idx if src_out == source.M else torch.cat([y_idx, y_idx + source.M])
+        if joint:  # h_s's 2M features all feed entropy_parameters, which (as context_prediction) keeps M: copied
+            h_s_out = torch.arange(2 * source.M)
+            with torch.no_grad():
+                for name in ("context_prediction", "entropy_parameters"):
+                    getattr(target, name).load_state_dict(getattr(source, name).state_dict())
+        elif isinstance(source, MeanScaleHyperprior):  # a scale and a mean per channel of y: those of the kept ones
+            h_s_out = torch.cat([y_idx, y_idx + source.M])
+        else:  # a scale per channel of y
+            h_s_out = y_idx
         _prune_chain(source.h_s, target.h_s, z_idx, out_idx=h_s_out, magnitudes=magnitudes)
     else:
         _prune_entropy_bottleneck(source.entropy_bottleneck, target.entropy_bottleneck, y_idx)

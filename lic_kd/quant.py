@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lic_kd.errors import ConfigError
+
 PARTS = {"h_s": ("h_s",), "g_s": ("g_s",), "decoder": ("g_s", "h_s"), "all": ("g_a", "h_a", "g_s", "h_s")}
 ROUNDING = ("nearest", "stochastic")
 MODES = ("ptq", "qat")
@@ -44,15 +46,15 @@ EXACT_PARTS = ("h_s",)  # run in float64: exact, hence the same on every machine
 def check_spec(spec: dict[str, Any]) -> None:
     """A quant group's settings, checked before any work: one line naming what is wrong."""
     if spec.get("mode") not in MODES:
-        raise ValueError(f"quant.mode must be one of {', '.join(MODES)}, got {spec.get('mode')!r}")
+        raise ConfigError(f"quant.mode must be one of {', '.join(MODES)}, got {spec.get('mode')!r}")
     for key in ("weight_bits", "activation_bits"):
         bits = spec.get(key)
         if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 24:
-            raise ValueError(f"quant.{key} must be an integer word length from 2 to 24 bits, got {bits!r}")
+            raise ConfigError(f"quant.{key} must be an integer word length from 2 to 24 bits, got {bits!r}")
     if spec.get("rounding") not in ROUNDING:
-        raise ValueError(f"quant.rounding must be one of {', '.join(ROUNDING)}, got {spec.get('rounding')!r}")
+        raise ConfigError(f"quant.rounding must be one of {', '.join(ROUNDING)}, got {spec.get('rounding')!r}")
     if spec.get("parts") not in PARTS:
-        raise ValueError(f"quant.parts must be one of {', '.join(PARTS)}, got {spec.get('parts')!r}")
+        raise ConfigError(f"quant.parts must be one of {', '.join(PARTS)}, got {spec.get('parts')!r}")
 
 
 def fraction_bits(max_abs: torch.Tensor, bits: int) -> torch.Tensor:
@@ -149,7 +151,7 @@ def quantize(net: nn.Module, spec: dict[str, Any]) -> nn.Module:
     check_spec(spec)
     convs = quantized_convs(net, spec["parts"])
     if not convs:
-        raise ValueError(f"{type(net).__name__} has no convolutions in quant.parts={spec['parts']}")
+        raise ConfigError(f"{type(net).__name__} has no convolutions in quant.parts={spec['parts']}")
     for name, conv in convs:
         axis = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
         exact = name.split(".")[0] in EXACT_PARTS

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from lic_kd.results import write_json_atomic
+from lic_kd.errors import ConfigError
 
 KEYS = {"bpp": "bpp", "psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb", "encode_s": "encoding_time", "decode_s": "decoding_time"}
 
@@ -23,10 +24,10 @@ def load_reference(path: Path) -> list[dict[str, Any]]:
         name, curves = data["name"], data["results"]
         n = len(curves["bpp"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a CompressAI results file (needs name and results.bpp): {err}") from err
+        raise ConfigError(f"{path} is not a CompressAI results file (needs name and results.bpp): {err}") from err
     for ours, theirs in KEYS.items():
         if theirs in curves and len(curves[theirs]) != n:
-            raise ValueError(f"{path}: results.{theirs} has {len(curves[theirs])} values, results.bpp has {n}")
+            raise ConfigError(f"{path}: results.{theirs} has {len(curves[theirs])} values, results.bpp has {n}")
     records = []
     for i in range(n):
         metrics = {ours: curves[theirs][i] if theirs in curves else None for ours, theirs in KEYS.items()}

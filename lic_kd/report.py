@@ -4,6 +4,7 @@ and the BD-rate / BD-PSNR of every curve against an anchor, into multirun_report
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import warnings
@@ -17,14 +18,15 @@ import pandas as pd
 from lic_kd import REPO_ROOT
 from lic_kd.reference import export_curve, load_reference, safe_name
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, read_results
+from lic_kd.errors import ConfigError, run_cli
 
 # The fewest points each interpolation needs to mean something: a cubic through fewer than 4 points is
 # underdetermined; pchip and akima are piecewise and degrade to a line through 2.
 MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
 
-RATE_COLUMNS = ["lmbda", "bpp", "bpp_estimated"]  # left out of a report whose runs have no rate (autoencoders)
+RATE_COLUMNS = ["lmbda", "bpp", "bpp_payload", "bpp_estimated"]  # left out of a report whose runs have no rate (autoencoders)
 RD_COLUMNS = [
-    "curve", "role", "architecture", "N", "M", "init", "lmbda", "quality", "steps", "seed", "bpp", "bpp_estimated", "psnr", "ms_ssim",
+    "curve", "role", "architecture", "N", "M", "init", "lmbda", "quality", "steps", "seed", "bpp", "bpp_payload", "bpp_estimated", "psnr", "ms_ssim",
     "ms_ssim_db", "encode_s", "decode_s", "params", "kmac_encoder", "kmac_decoder", "n_images", "run_dir",
 ]
 # Columns for the figures and the complexity table that the RD table does not print.
@@ -44,7 +46,7 @@ def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[di
     results, missing = [], []
     for sweep in sweep_dirs:
         if not sweep.is_dir():
-            raise FileNotFoundError(f"sweep directory does not exist: {sweep}")
+            raise ConfigError(f"sweep directory does not exist: {sweep}")
         run_dirs = sorted({p.parent for p in sweep.rglob(".hydra")} | {p.parent for p in sweep.rglob(RESULTS_FILE)})
         # students trained together (student.N=[...]) are run dirs inside their group's: the group is not one
         run_dirs = [d for d in run_dirs if not any(o != d and d in o.parents for o in run_dirs)]
@@ -64,7 +66,12 @@ def failure_reason(run_dir: Path) -> str:
     """The error a failed run recorded, else the last error line it logged (Hydra's job log or submitit's
     stderr), else what is there."""
     if (run_dir / FAILURE_FILE).is_file():
-        return f"failed: {read_results(run_dir / FAILURE_FILE)['error']}"
+        failure = read_results(run_dir / FAILURE_FILE)
+        if failure.get("diverged"):
+            d = failure["diverged"]
+            last = "" if d.get("last_finite_loss") is None else f", last finite loss {d['last_finite_loss']:.6g}"
+            return f"diverged at batch {d['batch']}: {d['what']} (lr {d.get('lr'):g}{last}): not evaluated"
+        return f"failed: {failure['error']}"
     logs = sorted(run_dir.glob("*.log")) + sorted(run_dir.parent.glob(".submitit/*/*.err")) + sorted(run_dir.glob(".submitit/*/*.err"))
     for log in logs:
         lines = [l for l in log.read_text(errors="replace").splitlines() if "Error" in l or "error" in l]
@@ -102,15 +109,56 @@ def _init_label(init: str | None) -> str:
 
 
 def curve_settings(run: dict[str, Any]) -> dict[str, Any]:
-    """What besides role and width makes a run's curve: KD weights, the objective's metric, the z teacher,
-    the network's other settings (model.*), the initialisation. Seeds are repeats of one curve, not curves of
-    their own."""
+    """What besides role and width makes a run's curve: everything in its configuration that can change its
+    result but lambda and seed (results.json's run.settings). Seeds are repeats of one curve, not curves of
+    their own. Runs recorded before run.settings existed: the settings they recorded."""
+    if run.get("settings") is not None:
+        return dict(run["settings"])
     teacher = run.get("teacher") or {}
     return {**(run.get("loss_weights") or {}), **{k: v for k, v in (run.get("objective") or {}).items() if k != "lmbda"},
             **{k: teacher[k] for k in ("z_checkpoint", "z_lmbda") if teacher.get(k) is not None},
             **{f"model.{k}": v for k, v in (run.get("model_options") or {}).items()},
             **({"quant.rounding": run["quant"]["rounding"]} if run.get("quant") else {}),
-            "init": _init_label(run.get("init")) or "random"}
+            "init": _init_label(run.get("init")) or "random", "steps": run.get("steps_planned", run.get("steps"))}
+
+
+def pairing_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """A KD student's settings less what makes it KD (its role, its loss, a teacher used only for the KD
+    terms): equal to its plain partner's, which trained the same network on the same data, budget and objective."""
+    settings = curve_settings(run)
+    if run.get("settings") is None:  # recorded before run.settings: the legacy pairing keys
+        keep = ("steps",) + tuple(k for k in settings if k.startswith("model.") or k in ("init", "metric", "quant.rounding"))
+        return {k: settings[k] for k in keep if k in settings}
+    uses_teacher_weights = settings.get("student.init") == "teacher" or any(k.startswith("prune.") for k in settings)
+    return {k: v for k, v in settings.items() if k != "role" and not k.startswith("loss.")
+            and (uses_teacher_weights or not k.startswith("teacher."))}
+
+
+def short_value(value: Any) -> str:
+    """A setting as a curve label shows it: paths by their last part, lists joined with +."""
+    if isinstance(value, list):
+        return "+".join(short_value(v) for v in value)
+    if isinstance(value, str) and "/" in value:
+        return Path(value).name or value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def label_key(key: str) -> str:
+    """A setting's name in a label: the KD loss's and the student's own keys without their group."""
+    return key.removeprefix("loss.").removeprefix("student.")
+
+
+def distinct_labels(base: str, settings: Sequence[dict[str, Any]]) -> list[str]:
+    """Labels for curves that share `base` (role and width): base plus the settings in which they differ,
+    shortened; a short hash where shortening would merge two."""
+    keys = sorted({k for s in settings for k in s if len({json.dumps(x.get(k), sort_keys=True) for x in settings}) > 1})
+    keys = [k for k in keys if not (k.endswith("_sha256") and k.removesuffix("_sha256") in keys)]  # the path says it
+    labels = [base + " " + ",".join(f"{label_key(k)}={short_value(s.get(k))}" for k in keys) for s in settings]
+    by_label: dict[str, set[str]] = {}
+    for label, s in zip(labels, settings):
+        by_label.setdefault(label, set()).add(json.dumps(s, sort_keys=True))
+    return [label + (f" #{hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:6]}" if len(by_label[label]) > 1 else "")
+            for label, s in zip(labels, settings)]
 
 
 def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -125,8 +173,12 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "quant": quant_label(run.get("quant")),
             "model_bytes": (r.get("complexity") or {}).get("model_bytes"),
             "curve": curve_label(run),
-            "weights": json.dumps(curve_settings(run), sort_keys=True),
+            "settings": json.dumps(curve_settings(run), sort_keys=True),
+            "pair_key": json.dumps(pairing_settings(run), sort_keys=True),
             **{k: m.get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "encode_s", "decode_s", "n_images")},
+            # the entropy coder's strings alone, as CompressAI's eval_model counts; a file's own size for the
+            # classical codecs and the published number for references (their payload is what they report)
+            "bpp_payload": m.get("bpp_payload", m.get("bpp") if run["role"] in ("codec", "reference") else None),
             "ms_ssim_db": ms_ssim_db(m.get("ms_ssim")),
             "params": r.get("params"),
             "checkpoint": run.get("checkpoint"),
@@ -137,14 +189,12 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "decoder_fps": (r.get("latency") or {}).get("decoder_fps"),
             "decode_peak_mb": ((r.get("memory") or {}).get("decode_peak_bytes") or float("nan")) / 1e6,
         })
-    df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["weights"])
-    # Runs of one role and width but different KD weights are different curves.
+    df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["settings", "pair_key"])
+    # Runs of one role and width that differ in any setting are different curves, named by what differs.
     for label, group in df.groupby("curve"):
-        if group["weights"].nunique() > 1:  # name each curve by the weights in which it differs
-            weights = group["weights"].map(json.loads)
-            differ = sorted({k for w in weights for k in w if len({json.dumps(x.get(k)) for x in weights}) > 1})
-            df.loc[group.index, "curve"] = label + " " + weights.map(lambda w: ",".join(f"{k}={w.get(k)}" for k in differ))
-    return df.drop(columns="weights").sort_values(["curve", "lmbda", "quality", "bpp"], ignore_index=True)
+        if group["settings"].nunique() > 1:
+            df.loc[group.index, "curve"] = distinct_labels(label, list(group["settings"].map(json.loads)))
+    return df.sort_values(["curve", "lmbda", "quality", "bpp"], ignore_index=True)
 
 
 def table_columns(rd: pd.DataFrame) -> list[str]:
@@ -224,14 +274,26 @@ def default_anchor(df: pd.DataFrame) -> str | None:
     return teachers.sort_values(["N", "M"]).iloc[-1]["curve"]
 
 
+def comparison_rate(df: pd.DataFrame, curves: Sequence[str], rate: str) -> tuple[str, str]:
+    """The rate column for comparing `curves`: against a published CompressAI curve, the bitstream's payload
+    (the entropy coder's strings, as eval_model counts it) instead of the file with lic_kd's header. Returns
+    (column, a note when the payload was not recorded and the file's bpp stands in)."""
+    rows = df[df["curve"].isin(curves)]
+    if rate != "bpp" or not (rows["role"] == "reference").any():
+        return rate, ""
+    if rows["bpp_payload"].isna().any():
+        return rate, "payload not recorded (results written before bpp_payload): file bpp against a published curve"
+    return "bpp_payload", ""
+
+
 def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: str = "bpp", metric: str = "psnr") -> pd.DataFrame:
     columns = ["curve", "anchor", "method", "rate", "metric", "points", "anchor_points", "bd_rate_pct", "bd_psnr_db",
                "overlap_dist", "overlap_rate", "delta_quality", "reason"]
     if method not in MIN_POINTS:
-        raise ValueError(f"method must be one of {sorted(MIN_POINTS)}, got {method!r}")
+        raise ConfigError(f"method must be one of {sorted(MIN_POINTS)}, got {method!r}")
     curves = list(dict.fromkeys(df["curve"]))
     if anchor is not None and anchor not in curves:
-        raise ValueError(f"anchor {anchor!r} is not a curve of this report; curves: {', '.join(curves)}")
+        raise ConfigError(f"anchor {anchor!r} is not a curve of this report; curves: {', '.join(curves)}")
     # Autoencoders (no entropy model: no bpp at all) are compared among themselves, against their widest
     # teacher; codecs against the anchor. A codec lacking only the chosen rate column still goes to bd_row.
     no_rate = {c for c in curves if df.loc[df["curve"] == c, "bpp"].isna().all()}
@@ -249,7 +311,10 @@ def bd_table(df: pd.DataFrame, anchor: str | None, method: str = "pchip", rate: 
             row["delta_quality"] = df.loc[df["curve"] == c, metric].mean() - df.loc[df["curve"] == a, metric].mean()
             row["reason"] = f"no rate (no entropy model): delta_quality is the difference of mean {metric}"
         else:
-            row |= bd_row(curve_points(df[df["curve"] == a], rate, metric), curve_points(df[df["curve"] == c], rate, metric), method)
+            pair_rate, note = comparison_rate(df, [a, c], rate)
+            row["rate"] = pair_rate
+            row |= bd_row(curve_points(df[df["curve"] == a], pair_rate, metric), curve_points(df[df["curve"] == c], pair_rate, metric), method)
+            row["reason"] = "; ".join(r for r in (row["reason"], note) if r)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
@@ -342,41 +407,46 @@ def codec_comparison(df: pd.DataFrame, method: str, rate: str, curves: Sequence[
 
 
 def distillation_table(df: pd.DataFrame, teacher: str | None, method: str, rate: str, metric: str) -> pd.DataFrame:
-    """What distillation buys, per width: each KD curve against the plain student of the same architecture,
-    widths, initialisation and budget, paired seed by seed (same data, same batches), beside what the width
-    saves against the teacher (decoder kMAC/px, parameters, decode fps). BD-rate < 0: KD saves rate."""
+    """What distillation buys, per width: each KD curve against the plain student that matches it in everything
+    but the role and the KD loss (network, initialisation, data, budget, objective, optimizer: rd_table's
+    pair_key), paired seed by seed (same data, same batches), beside what the width saves against the teacher
+    (decoder kMAC/px, parameters, decode fps). BD-rate < 0: KD saves rate. A KD curve with no such partner is
+    listed with the reason, never paired with a student trained otherwise."""
     # frugal settings (pruning, word lengths) are part of the pairing; a table without them has none
     learned = df[df["role"].isin(["student", "kd"])].reindex(columns=[*df.columns, *(c for c in ("prune_keep", "quant") if c not in df)])
+    if "pair_key" not in learned:  # a table built without run settings: pair on the shown keys
+        learned = learned.assign(pair_key=learned[["architecture", "N", "M", "init", "prune_keep", "quant", "steps"]]
+                                 .apply(lambda r: "|".join(map(str, r)), axis=1))
     t_rows = df[df["curve"] == teacher] if teacher is not None else df.iloc[0:0]
     t_kmac = t_rows["kmac_decoder"].mean() if not t_rows.empty else float("nan")
     t_params = t_rows["params"].mean() if not t_rows.empty else float("nan")
     t_fps = t_rows["decoder_fps"].mean() if not t_rows.empty else float("nan")
     rows = []
     keys = ["architecture", "N", "M", "init", "prune_keep", "quant", "steps"]
-    for key, group in learned.groupby(keys, dropna=False, sort=True):
-        plain = group[group["role"] == "student"]
-        for kd_curve, kd in group[group["role"] == "kd"].groupby("curve", sort=False):
-            row = dict(zip(keys, key)) | {"kd_curve": kd_curve, "plain_curve": plain["curve"].iloc[0] if not plain.empty else None}
-            if plain.empty:
-                rows.append(row | {"verdict": "no plain student of the same width, init and budget to pair with"})
-                continue
-            paired = repeated_bd(plain, kd, method, rate, metric, paired=True)
-            row |= {"n": paired["n"], "bd_rate_kd_vs_plain_pct": paired["bd_rate_pct"], "ci95": paired["bd_rate_pct_ci95"],
-                    "bd_psnr_kd_vs_plain_db": paired["bd_psnr_db"], "bd_psnr_ci95": paired["bd_psnr_db_ci95"],
-                    "verdict": verdict(paired["bd_rate_pct"], paired["bd_rate_pct_ci95"], paired["n"], "KD saves rate", "KD costs rate"),
-                    "reason": paired["reason"]}
-            if not t_rows.empty:
-                row["bd_rate_plain_vs_teacher_pct"] = repeated_bd(t_rows, plain, method, rate, metric)["bd_rate_pct"]
-                row["bd_rate_kd_vs_teacher_pct"] = repeated_bd(t_rows, kd, method, rate, metric)["bd_rate_pct"]
-            kmac, params, fps = kd["kmac_decoder"].mean(), kd["params"].mean(), kd["decoder_fps"].mean()
-            row |= {"kmac_decoder": kmac, "teacher_kmac_ratio": t_kmac / kmac if kmac else None, "params": params,
-                    "teacher_params_ratio": t_params / params if params else None, "decoder_fps": fps,
-                    "fps_vs_teacher": fps / t_fps if t_fps else None}
-            rows.append(row)
+    for kd_curve, kd in learned[learned["role"] == "kd"].groupby("curve", sort=True):
+        plain = learned[(learned["role"] == "student") & learned["pair_key"].isin(set(kd["pair_key"]))]
+        row = {k: kd[k].iloc[0] for k in keys} | {"kd_curve": kd_curve, "plain_curve": plain["curve"].iloc[0] if not plain.empty else None}
+        if plain.empty:
+            rows.append(row | {"verdict": "no plain student trained the same way (network, init, data, budget, objective) to pair with"})
+            continue
+        paired = repeated_bd(plain, kd, method, rate, metric, paired=True)
+        row |= {"n": paired["n"], "bd_rate_kd_vs_plain_pct": paired["bd_rate_pct"], "ci95": paired["bd_rate_pct_ci95"],
+                "bd_psnr_kd_vs_plain_db": paired["bd_psnr_db"], "bd_psnr_ci95": paired["bd_psnr_db_ci95"],
+                "verdict": verdict(paired["bd_rate_pct"], paired["bd_rate_pct_ci95"], paired["n"], "KD saves rate", "KD costs rate"),
+                "reason": paired["reason"]}
+        if not t_rows.empty:
+            row["bd_rate_plain_vs_teacher_pct"] = repeated_bd(t_rows, plain, method, rate, metric)["bd_rate_pct"]
+            row["bd_rate_kd_vs_teacher_pct"] = repeated_bd(t_rows, kd, method, rate, metric)["bd_rate_pct"]
+        kmac, params, fps = kd["kmac_decoder"].mean(), kd["params"].mean(), kd["decoder_fps"].mean()
+        row |= {"kmac_decoder": kmac, "teacher_kmac_ratio": t_kmac / kmac if kmac else None, "params": params,
+                "teacher_params_ratio": t_params / params if params else None, "decoder_fps": fps,
+                "fps_vs_teacher": fps / t_fps if t_fps else None}
+        rows.append(row)
     columns = keys + ["kd_curve", "plain_curve", "n", "bd_rate_kd_vs_plain_pct", "ci95", "bd_psnr_kd_vs_plain_db", "bd_psnr_ci95",
                       "verdict", "bd_rate_plain_vs_teacher_pct", "bd_rate_kd_vs_teacher_pct", "kmac_decoder", "teacher_kmac_ratio",
                       "params", "teacher_params_ratio", "decoder_fps", "fps_vs_teacher", "reason"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["architecture", "N", "kd_curve"], ignore_index=True) if not table.empty else table
 
 
 def learned_jpeg_table(rd: pd.DataFrame, results: Sequence[dict[str, Any]], method: str, rate: str) -> pd.DataFrame:
@@ -410,7 +480,7 @@ def write_report(sweep_dirs: Sequence[Path], name: str, out_root: Path = Path("m
     for path in references:
         results += load_reference(path)
     if not results and not missing:
-        raise FileNotFoundError(f"no runs ({RESULTS_FILE} or .hydra/) under {', '.join(map(str, sweep_dirs))}")
+        raise ConfigError(f"no runs ({RESULTS_FILE} or .hydra/) under {', '.join(map(str, sweep_dirs))}")
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     rd = rd_table(results)
@@ -538,15 +608,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "kodak", help="evaluation images (visual comparison)")
     args = parser.parse_args(argv)
-    try:
-        out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric,
-                           args.reference, not args.no_figures, args.images)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
+    out = write_report(args.sweep_dirs, args.name, args.out_root, args.anchor, args.method, args.rate, args.metric,
+                       args.reference, not args.no_figures, args.images)
     print((out / "rd_table.md").read_text())
     print((out / "bd_rate.md").read_text())
     print(f"report written to {out}/")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

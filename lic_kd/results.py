@@ -48,6 +48,44 @@ def environment() -> dict[str, Any]:
     }
 
 
+# Configuration keys that cannot change a run's numbers (where it writes, how it logs, its torch threads), and
+# the two that make points of one curve (lambda) or repeats of it (seed): left out of a run's curve settings.
+NOT_SETTINGS = ("paths", "hydra", "logger", "callbacks", "threads", "eval", "lmbda", "seed", "data.seed",
+                # copies of steps and val_every (interpolated into the schedule): named once
+                "scheduler.steps", "scheduler.val_every", "trainer.val_check_interval", "trainer.log_every_n_steps",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def _portable(value: Any, root: str) -> Any:
+    """Paths inside the repository written relative to it, so that clones on other machines agree."""
+    if isinstance(value, list):
+        return [_portable(v, root) for v in value]
+    return value.replace(root, "<repo>") if isinstance(value, str) and root in value else value
+
+
+def curve_settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a run's resolved configuration that can change its result, flattened, except lambda and
+    seed: runs that differ in any of it are different curves. A teacher that takes no part in the run (a plain
+    student from random weights) is left out."""
+    from lic_kd import REPO_ROOT
+
+    flat = {k: _portable(v, str(REPO_ROOT)) for k, v in flatten(config).items()
+            if not any(k == n or k.startswith(f"{n}.") for n in NOT_SETTINGS) and not k.endswith(".lmbda")}
+    uses_teacher = config.get("role") not in ("teacher", "student") or (config.get("student") or {}).get("init") == "teacher" \
+        or bool(config.get("prune"))
+    return {k: v for k, v in flat.items() if uses_teacher or not k.startswith("teacher.")}
+
+
 LOSS_KINDS = {"DistillationLoss": "kd", "make_rd_loss": "rd", "ReconstructionLoss": "reconstruction"}
 
 
@@ -75,6 +113,11 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "model_options": {k: v for k, v in net.items() if k not in ("_target_", "N", "M")},
         "steps": meta.get("steps"),
         "checkpoint": meta["checkpoint"],
+        # what makes its curve; a training run replaces it with its whole configuration's (train.run_settings)
+        "settings": meta.get("settings") or curve_settings_of(
+            {"model": net, "loss": meta.get("loss"), "teacher": meta.get("teacher"), "role": meta.get("role"),
+             "student": {"init": meta.get("init")}, "prune": meta.get("prune"), "quant": meta.get("quant"),
+             "steps": meta.get("steps")}),
     }
 
 

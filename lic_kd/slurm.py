@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lic_kd.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Pending reasons that never clear by waiting (squeue's %r): the request exceeds what the partition, the
@@ -36,7 +38,7 @@ NEVER_CLEARS = {
 }
 
 
-class SlurmRequestError(ValueError):
+class SlurmRequestError(UserError):
     """A SLURM request that cannot run: the message names the request and the limit."""
 
 

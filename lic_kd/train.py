@@ -17,21 +17,23 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import lic_kd  # noqa: F401  (registers the config resolvers)
-from lic_kd.errors import run_cli
+
+from lic_kd.errors import ConfigError, run_cli
 from lic_kd.codec import MS_SSIM_MIN_SIDE, evaluate_net, pad, summary
 from lic_kd.data import load_rgb, to_tensor
 from lic_kd.group import StudentGroup
-from lic_kd.models import load_net, optimizer_steps_per_batch
+from lic_kd.models import checkpoint_fingerprint, load_net, optimizer_steps_per_batch, zoo_preset
 from lic_kd.profiling import use_threads
 from lic_kd.prune import CRITERIA, pruned_widths
 from lic_kd.quant import check_spec, decode_determinism, determinism_summary
-from lic_kd.module import CodecModule
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, read_results, run_identity, write_json_atomic
+from lic_kd.module import CodecModule, DivergedError
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, curve_settings_of, read_results, run_identity, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,33 @@ def _overrides() -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ValueError(f"this configuration needs {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the command line")
+        raise ConfigError(f"this configuration needs {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the command line")
     for key in ("steps", "val_every"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
-            raise ValueError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
+            raise ConfigError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
+    if cfg.get("scheduler"):  # its settings are fractions of the budget: checked now, not after the data is read
+        instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    check_rate_preset(cfg)
     crop = min(cfg.data.get("crop_size") or MS_SSIM_MIN_SIDE, cfg.data.get("val_crop_size") or MS_SSIM_MIN_SIDE)
     if cfg.objective.get("metric") == "ms-ssim" and crop < MS_SSIM_MIN_SIDE:
-        raise ValueError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
+        raise ConfigError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
                          f"(5 scales of 11x11 windows), got {crop}: set data.crop_size and data.val_crop_size to 192 or more")
+
+
+def check_rate_preset(cfg: DictConfig) -> None:
+    """rate=qK sets lmbda, student.N and student.M to CompressAI's quality K; a preset chosen beside it
+    (experiment=...) that sets them too would silently win: an error, unless the command line says which."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    rate = choices.get("rate")
+    if not rate or rate == "null":
+        return
+    model, quality = choices.get("model"), int(str(rate).removeprefix("q"))
+    explicit = {o.lstrip("+").split("=", 1)[0] for o in _overrides()}
+    for key, field in (("lmbda", "lmbda"), ("student.N", "N"), ("student.M", "M")):
+        preset, value = zoo_preset(model, quality, field), OmegaConf.select(cfg, key)
+        if preset is not None and value != preset and key not in explicit:
+            raise ConfigError(f"rate={rate} sets {key}={preset:g} but {key}={value:g} won (experiment={choices.get('experiment')} sets it): "
+                              f"drop one of the two, or give {key}= on the command line")
 
 
 def apply_pruning(cfg: DictConfig) -> None:
@@ -75,11 +96,11 @@ def apply_pruning(cfg: DictConfig) -> None:
     if not prune:
         return
     if prune.get("criterion") not in CRITERIA:
-        raise ValueError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got {prune.get('criterion')!r}")
+        raise ConfigError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got {prune.get('criterion')!r}")
     if not cfg.teacher.get("checkpoint"):
-        raise ValueError("prune needs the trained network to prune: set teacher.checkpoint=PATH")
+        raise ConfigError("prune needs the trained network to prune: set teacher.checkpoint=PATH")
     if cfg.student.get("init") not in (None, "random", "teacher"):
-        raise ValueError(f"prune starts from teacher.checkpoint, not from student.init={cfg.student.init}: drop one of the two")
+        raise ConfigError(f"prune starts from teacher.checkpoint, not from student.init={cfg.student.init}: drop one of the two")
     source, _ = load_net(cfg.teacher.checkpoint, cfg.teacher.get("architecture"), lmbda=cfg.lmbda)
     widths = pruned_widths(source, prune.get("keep"))
     with open_dict(cfg):
@@ -96,7 +117,7 @@ def check_quant(cfg: DictConfig) -> None:
         return
     check_spec(OmegaConf.to_container(quant))
     if (cfg.student.get("init") or "random") == "random":
-        raise ValueError(f"quant={quant.mode} quantizes a trained network: set student.init=CHECKPOINT, or "
+        raise ConfigError(f"quant={quant.mode} quantizes a trained network: set student.init=CHECKPOINT, or "
                          "student.init=teacher with teacher.checkpoint=PATH")
 
 
@@ -126,6 +147,18 @@ class FinalCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.path)
+
+
+class ValidateAtEnd(L.Callback):
+    """A budget that is not a multiple of val_every ends with a validation too: best.ckpt may then be the last
+    batches', as the budget results.json reports. (Lightning validates when a run is asked to stop.)"""
+
+    def __init__(self, steps: int, val_every: int) -> None:
+        self.steps, self.val_every = steps, val_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step >= trainer.max_steps and self.steps % self.val_every:
+            trainer.should_stop = True
 
 
 def strategy_for(strategy: Any) -> Any:
@@ -166,7 +199,7 @@ def make_trainer(cfg: DictConfig, batch_optimizer_steps: int, last: Path) -> L.T
         strategy=strategy_for(cfg.trainer.get("strategy", "auto")),
         max_steps=batch_optimizer_steps * cfg.steps,  # Lightning counts each optimizer's steps
         val_check_interval=min(cfg.val_every, cfg.steps),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + [FinalCheckpoint(last)],
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + [FinalCheckpoint(last), ValidateAtEnd(cfg.steps, cfg.val_every)],
         logger=[instantiate(c) for c in cfg.logger.values()],
         plugins=plugins,
     )
@@ -179,6 +212,18 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, run_dir:
         log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // batch_optimizer_steps, steps)
     # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What makes this run's curve (lic_kd.results.curve_settings_of), with the content of the teachers and of
+    an init checkpoint it names (a retrained teacher at the same path is another curve)."""
+    settings = curve_settings_of(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("teacher.checkpoint", "teacher.z_checkpoint"):
+        if settings.get(key):
+            settings[f"{key}_sha256"] = checkpoint_fingerprint(OmegaConf.select(cfg, key))
+    if settings.get("student.init") not in (None, "random", "teacher"):
+        settings["student.init_sha256"] = checkpoint_fingerprint(cfg.student.init)
+    return settings
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, eval_paths: list[Path], devices: int, start: float, **identity: Any) -> dict[str, Any]:
@@ -197,6 +242,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, eval_paths: list[Path], devices
         "seed": cfg.seed,
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
+        "settings": run_settings(cfg),
     } | identity
     results = build_results(identity, net, evaluation, time.perf_counter() - start)
     write_json_atomic(run_dir / RESULTS_FILE, results)
@@ -249,10 +295,10 @@ def group_members(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
         return None
     width_list = list(widths) if _is_list(widths) else [widths]
     if not width_list or len(set(width_list)) != len(width_list) or not all(isinstance(n, int) and n > 0 for n in width_list):
-        raise ValueError(f"student.N=[...] lists the distinct positive widths of students trained together, got {width_list}")
+        raise ConfigError(f"student.N=[...] lists the distinct positive widths of students trained together, got {width_list}")
     init_list = [i or "random" for i in inits] if _is_list(inits) else [inits or "random"]
     if not init_list or len(set(init_list)) != len(init_list):
-        raise ValueError(f"student.init=[...] lists distinct initialisations of students trained together, got {init_list}")
+        raise ConfigError(f"student.init=[...] lists distinct initialisations of students trained together, got {init_list}")
 
     def name(width: int, index: int, init: str) -> str:
         if not _is_list(inits):
@@ -294,11 +340,12 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
     use_threads(cfg.get("threads"))
     log.info("run %s: %s, students %s trained together, %d batches, seed %d", run_dir, cfg.role, ", ".join(students), cfg.steps, cfg.seed)
     if cfg.get("prune") or cfg.get("quant"):
-        raise ValueError("student.N=[...] or student.init=[...] trains several students together; prune and quant runs are one network each: sweep them")
+        raise ConfigError("student.N=[...] or student.init=[...] trains several students together; prune and quant runs are one network each: sweep them")
     if cfg.trainer.get("devices") not in (None, 1, "auto") or cfg.trainer.get("num_nodes", 1) != 1:
-        raise ValueError("students trained together (student.N=[...], student.init=[...]) share one process on one device: set trainer.devices=1")
+        raise ConfigError("students trained together (student.N=[...], student.init=[...]) share one process on one device: set trainer.devices=1")
     for name, member_cfg in members_cfg.items():  # run dirs first: a failure below is then recorded in each
         write_member_hydra_dir(member_cfg, member_dirs[name], students[name])
+    group: StudentGroup | None = None
     try:
         for member_cfg in members_cfg.values():
             check_config(member_cfg)
@@ -315,16 +362,21 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
         # a group resumed at its end trains nothing and Lightning skips on_train_end: the students' last.ckpt again
         group.save_last_checkpoints(trainer.global_step // group.optimizer_steps_per_batch)
         training_s = time.perf_counter() - start
-        for name in pending:
+        for name in [n for n in pending if n not in group.diverged]:
             evaluate_run(members_cfg[name], member_dirs[name], datamodule.eval_paths, trainer.world_size,
                          time.perf_counter() - training_s, trained_with=list(students), overrides=member_overrides(_overrides(), students[name]))
     except Exception as err:  # each unfinished student says why, as a run of its own would
-        for d in member_dirs.values():
-            if not (d / RESULTS_FILE).is_file():
+        diverged = group.diverged if group is not None else {}
+        for name, d in member_dirs.items():
+            if not (d / RESULTS_FILE).is_file() and name not in diverged:
                 write_json_atomic(d / FAILURE_FILE, {"error": f"{type(err).__name__}: {err}", "overrides": _overrides()})
         raise
-    for d in member_dirs.values():
-        (d / FAILURE_FILE).unlink(missing_ok=True)
+    for name, d in member_dirs.items():
+        if name not in group.diverged:
+            (d / FAILURE_FILE).unlink(missing_ok=True)
+    if group.diverged and HydraConfig.get().mode != RunMode.MULTIRUN:
+        raise ConfigError(f"student(s) {', '.join(group.diverged)} diverged (their {FAILURE_FILE} says where); the others were "
+                          "evaluated: lower optimizer.main.lr or set optimizer.clip_max_norm")
     return {}
 
 
@@ -342,6 +394,12 @@ def main(cfg: DictConfig) -> None:
     with isolated_job():
         try:
             train(cfg)
+        except DivergedError as err:  # a result, not a crash: recorded, reported as diverged; a sweep goes on
+            log.error("run diverged: %s", err)
+            write_json_atomic(failure, {"error": f"{type(err).__name__}: {err}", "diverged": err.record, "overrides": _overrides()})
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                raise
+            return
         except Exception as err:
             # Hydra reports a sweep's failures only once every job has run: leave the reason in the run dir.
             log.error("run failed: %s: %s", type(err).__name__, err)

@@ -18,10 +18,10 @@ def make_vimeo(root, clips):
 
 
 def test_vimeo90k_septuplet_layout(tmp_path):
-    make_vimeo(tmp_path, ["00001/0001", "00001/0002"])
+    make_vimeo(tmp_path, ["00001/0001", "00002/0001"])  # two sequences: one is held out
     dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64, batch_size=4,
                          val_fraction=0.2, eval_limit=1)
-    assert len(dm.train_paths) + len(dm.val_paths) == 14
+    assert len(dm.train_paths) == 7 and len(dm.val_paths) == round(0.2 * 14)  # of the held-out sequence's 7
     dm.check()
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (4, 3, 64, 64) and 0 <= batch.min() and batch.max() <= 1
@@ -73,3 +73,62 @@ def test_batches_depend_on_the_seed_alone_not_on_what_else_draws():
     with_draws = batches(1, draw_between=True)
     assert all(torch.equal(a, b) for a, b in zip(alone, with_draws))
     assert not torch.equal(batches(2, draw_between=False)[0], alone[0])
+
+
+def make_noise_vimeo(root, sequences=5, clips=3, side=64):
+    """A tiny Vimeo-90K septuplet tree: `sequences` x `clips` clips of 7 random-noise frames."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    listed = [f"{s:05d}/{c:04d}" for s in range(1, sequences + 1) for c in range(1, clips + 1)]
+    for clip in listed:
+        folder = root / "sequences" / clip
+        folder.mkdir(parents=True)
+        for i in range(1, 8):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    (root / "sep_trainlist.txt").write_text("\n".join(listed) + "\n")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vimeo90k_validation_holds_out_whole_sequences(tmp_path, seed):
+    """Frames of one clip (and clips of one sequence) are near duplicates: a sequence is wholly on one side."""
+    make_noise_vimeo(tmp_path)
+    dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
+                         val_fraction=0.2, eval_limit=1, seed=seed)
+    train, val = ({p.parent.parent.name for p in paths} for paths in (dm.train_paths, dm.val_paths))  # <seq>
+    assert val and train and not train & val
+    assert len(val) == 1 and len(dm.val_paths) == 3 * 7  # 0.2 of 5 sequences, each with all its clips' frames
+    assert sorted(dm.train_paths + dm.val_paths) == sorted(tmp_path.glob("sequences/*/*/im*.png"))
+    assert len({p.parent for p in dm.val_paths}) == 3 and len(dm.train_paths) == 4 * 3 * 7
+    again = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
+                            val_fraction=0.2, eval_limit=1, seed=seed)
+    assert again.val_paths == dm.val_paths and again.train_paths == dm.train_paths  # fixed for a seed
+
+
+def test_vimeo90k_of_one_sequence_cannot_hold_out_validation(tmp_path):
+    make_noise_vimeo(tmp_path, sequences=1, clips=2)
+    with pytest.raises(DataError, match="1 Vimeo-90K sequence: too few to hold out a validation split"):
+        ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64, eval_limit=1)
+
+
+def test_folder_split_is_unchanged_by_the_sequence_split():
+    """A folder's images are independent: the held-out split is still a seeded shuffle of the images."""
+    import random
+
+    from lic_kd.data import list_images
+
+    dm = ImageDataModule(train_dir=str(CBSD68), eval_dir=str(KODAK), crop_size=64, seed=5, eval_limit=1)
+    shuffled = list_images(CBSD68)
+    random.Random(5).shuffle(shuffled)
+    assert dm.val_paths == shuffled[:7] and dm.train_paths == shuffled[7:]
+
+
+def test_vimeo90k_validation_keeps_its_configured_size(tmp_path):
+    """A held-out sequence may hold more frames than data.val_fraction asks (one of Vimeo-90K's 96 is 10x its
+    0.001): validation takes that many, spread over the sequence's clips, and the rest train nothing."""
+    make_noise_vimeo(tmp_path)
+    dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
+                         val_fraction=0.1, eval_limit=1)
+    assert len(dm.val_paths) == round(0.1 * 105) and len({p.parent for p in dm.val_paths}) == 3  # clips
+    assert len({p.parent.parent for p in dm.val_paths}) == 1 and len(dm.train_paths) == 4 * 3 * 7
+    assert not {p.parent.parent for p in dm.val_paths} & {p.parent.parent for p in dm.train_paths}

@@ -42,10 +42,27 @@ def test_kd_loss_is_the_weighted_sum():
     out = loss(s_out, s_lat, t_out, t_lat, x)
     rd = make_rd_loss(0.01)(s_out, x)["loss"]
     expected = (0.4 * rd + 0.3 * ((s_lat["y_hat"] - t_lat["y_hat"]) ** 2).mean()
-                + 0.2 * ((s_lat["z_hat"] - t_lat["z_hat"]) ** 2).mean() + 0.1 * ((x * 0.9 - x * 0.8) ** 2).mean())
+                + 0.2 * ((s_lat["z_hat"] - t_lat["z_hat"]) ** 2).mean() + 0.1 * 0.01 * 255**2 * ((x * 0.9 - x * 0.8) ** 2).mean())
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert out["task_loss"].item() == pytest.approx(rd.item())
     assert loss.required_latents() == ["y_hat", "z_hat"]
+
+
+@pytest.mark.parametrize("lmbda", [0.0009, 0.0035, 0.013])
+def test_kd_x_term_weighs_like_the_task_distortion_by_default(lmbda):
+    """The x_hat term and the task's distortion are in the same units: with w_x = w_task, a teacher whose
+    reconstruction is the original image pulls exactly as hard as the image itself, at every lambda."""
+    x = torch.rand(1, 3, 8, 8, requires_grad=False)
+    x_student = (x * 0.9).requires_grad_(True)
+    lik = {"y": torch.full((1, 4, 2, 2), 0.5)}
+    loss = DistillationLoss(make_rd_loss(lmbda), w_task=0.5, w_y=0.0, w_x=0.5)
+    out = loss(fake_output(x_student, lik), {}, fake_output(x, lik), {}, x)
+    grad_x, = torch.autograd.grad(out["loss"], x_student)
+    task_only, = torch.autograd.grad(make_rd_loss(lmbda)(fake_output(x_student, lik), x)["loss"], x_student)
+    assert torch.allclose(grad_x, task_only, rtol=1e-5)  # 0.5 * task + 0.5 * same distortion == task
+    legacy = DistillationLoss(make_rd_loss(lmbda), w_task=0.5, w_y=0.0, w_x=0.5, x_in_task_units=False)
+    legacy_x = legacy(fake_output(x_student, lik), {}, fake_output(x, lik), {}, x)["kd_x"]
+    assert out["kd_x"].item() == pytest.approx(lmbda * 255**2 * legacy_x.item(), rel=1e-5)
 
 
 def test_kd_weight_zero_drops_the_term_and_its_shape_requirement():

@@ -143,3 +143,120 @@ def test_prune_without_a_network_to_prune_is_an_error(tmp_path):
 
     proc = train("prune=channels", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0 and "prune needs the trained network to prune: set teacher.checkpoint=PATH" in proc.stderr
+
+
+def _families():
+    from compressai.models import JointAutoregressiveHierarchicalPriors
+
+    from lic_kd.models import ScaleHyperpriorHyperWidth
+
+    # (family, source, narrower target of the same M): every family prune_into accepts
+    return [
+        ("bmshj2018-factorized", lambda: FactorizedPrior(16, 24), lambda: FactorizedPrior(8, 24)),
+        ("bmshj2018-hyperprior", lambda: ScaleHyperprior(16, 24), lambda: ScaleHyperprior(8, 24)),
+        ("bmshj2018-hyperprior-hyperwidth", lambda: ScaleHyperpriorHyperWidth(16, 24, hyper_N=20),
+         lambda: ScaleHyperpriorHyperWidth(8, 24, hyper_N=10)),
+        ("mbt2018-mean", lambda: MeanScaleHyperprior(16, 24), lambda: MeanScaleHyperprior(8, 24)),
+        ("mbt2018", lambda: JointAutoregressiveHierarchicalPriors(16, 24),
+         lambda: JointAutoregressiveHierarchicalPriors(8, 24)),
+    ]
+
+
+def _randomised(net: nn.Module) -> nn.Module:
+    """A 'trained' network: every parameter moved off its initial value (GDN's beta of ones, the zero biases,
+    the entropy bottleneck's initial quantiles), so that a value left at initialisation is told apart."""
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return net.eval()
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["l1", "contribution"])
+@pytest.mark.parametrize("family, make_source, make_target", _families(), ids=[f[0] for f in _families()])
+def test_every_parameter_of_every_accepted_family_comes_from_the_source(family, make_source, make_target, calibrated):
+    """Each target parameter is an index selection of the source's parameter of the same name (its values all
+    appear there, none is the fresh initialisation), exactly equal where the width is unchanged (the latent
+    width M: mbt2018's context model and entropy parameters); constant buffers (masks, bounds) equal."""
+    import copy
+
+    torch.manual_seed(0)
+    source = _randomised(make_source())
+    target = make_target().eval()
+    fresh = copy.deepcopy(target)
+    prune_into(source, target, torch.rand(2, 3, 64, 64) if calibrated else None)
+    src, fresh_params = dict(source.named_parameters()), dict(fresh.named_parameters())
+    assert src.keys() == dict(target.named_parameters()).keys()
+    for name, param in target.named_parameters():
+        assert torch.isin(param.flatten(), src[name].flatten()).all(), f"{family}: {name} is not from the source"
+        assert not torch.equal(param, fresh_params[name]), f"{family}: {name} left at its initial value"
+        if param.shape == src[name].shape:
+            assert torch.equal(param, src[name]), f"{family}: {name} has its source's width but not its values"
+    src_buffers = dict(source.named_buffers())
+    for name, buffer in target.named_buffers():
+        assert torch.equal(buffer, src_buffers[name]), f"{family}: buffer {name}"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = target(x)
+    assert out["x_hat"].shape == x.shape and all(torch.isfinite(v).all() for v in out["likelihoods"].values())
+
+
+@pytest.mark.parametrize("make_source, make_target, message", [
+    (lambda: _cheng2020(16), lambda: _cheng2020(8),
+     "channel pruning supports bmshj2018-factorized, bmshj2018-hyperprior, bmshj2018-hyperprior-hyperwidth, "
+     "mbt2018-mean, mbt2018, not Cheng2020Anchor"),
+    (lambda: _mbt2018(16, 24), lambda: _mbt2018(8, 16),
+     "pruning mbt2018 (JointAutoregressiveHierarchicalPriors) keeps the latent width M: got M=16 from M=24"),
+], ids=["cheng2020", "mbt2018-narrower-M"])
+def test_a_family_or_width_that_cannot_be_pruned_is_one_line(make_source, make_target, message):
+    from lic_kd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        prune_into(make_source(), make_target())
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _cheng2020(n: int) -> nn.Module:
+    from compressai.models import Cheng2020Anchor
+
+    return Cheng2020Anchor(n)
+
+
+def _mbt2018(n: int, m: int) -> nn.Module:
+    from compressai.models import JointAutoregressiveHierarchicalPriors
+
+    return JointAutoregressiveHierarchicalPriors(n, m)
+
+
+def test_a_refused_family_is_refused_by_pruned_widths_too():
+    from lic_kd.errors import ConfigError
+    from lic_kd.prune import pruned_widths
+
+    with pytest.raises(ConfigError, match="channel pruning supports .* not Cheng2020Anchor"):
+        pruned_widths(_cheng2020(16), 0.5)
+
+
+def test_prune_channels_on_an_mbt2018_teacher_through_the_model_config(tmp_path):
+    """model=mbt2018 with prune=channels: pruned_widths keeps M, the student built from conf/model/mbt2018.yaml
+    takes the teacher's context model and entropy parameters unchanged and its kept channels elsewhere."""
+    from omegaconf import open_dict
+
+    from lic_kd.models import build_net, load_net
+    from lic_kd.train import apply_pruning
+    from test_config import make
+
+    torch.manual_seed(0)
+    cfg = make(["experiment=smoke", "model=mbt2018", "student.N=16", "student.M=24", "prune=channels"])
+    teacher = _randomised(build_net(cfg.model))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    with open_dict(cfg):
+        cfg.teacher.checkpoint = str(tmp_path / "teacher.pth")
+    apply_pruning(cfg)
+    assert (cfg.student.N, cfg.student.M, cfg.student.init) == (8, 24, "teacher")
+    source, _ = load_net(cfg.teacher.checkpoint, cfg.teacher.architecture)
+    student = build_net(cfg.model)
+    prune_into(source, student, torch.rand(2, 3, 64, 64))
+    for name in ("context_prediction", "entropy_parameters"):
+        source_state = getattr(source, name).state_dict()
+        for key, param in getattr(student, name).state_dict().items():
+            assert torch.equal(param, source_state[key]), f"{name}.{key}"
+    assert student.g_a[0].weight.shape[0] == 8 and torch.isin(student.g_a[0].weight, source.g_a[0].weight).all()
