@@ -20,4 +20,6 @@ BENCHMARKS = {
                    *(f"{r}_N{n}" for n in (16, 32, 64, 128) for r in ("entropy_share", "synthesis_share", "exact_fast_entropy_model_speedup", "lic_kd_vs_contiguous",
                                                                          "no_grad_speedup", "channels_last_all_speedup",
                                                                          "other_threads_speedup"))),
+    "precision": ("bf16_step_speedup_teacher", "bf16_step_speedup_student", "bf16_quality_gap_vs_seeds_teacher",
+                  "bf16_quality_gap_vs_seeds_student"),
 }

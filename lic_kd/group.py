@@ -90,6 +90,11 @@ class StudentGroup(L.LightningModule):
         if losses:
             self.log("loss", torch.stack(losses).mean(), prog_bar=True, logger=False)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        member = next((m for m in self.active().values() if m.owns_main_optimizer(optimizer)), None)
+        if member is not None:
+            member.before_main_step(self, optimizer)
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         targets = self._targets(batch)
         losses = []

@@ -89,24 +89,48 @@ def build_net(net_cfg: dict[str, Any]) -> nn.Module:
 ZOO_FILE = re.compile(r"-([0-9a-f]{8})\.pth(\.tar)?$")  # CompressAI names its weights <model>-<q>-<sha256[:8]>.pth.tar
 
 
-def zoo_file(spec: str) -> tuple[Path, str]:
-    """`zoo:MODEL:QUALITY[:METRIC]` -> (that weights file in the torch hub cache, its model class). The
-    file is never downloaded: place CompressAI's file, under its own name, in `$TORCH_HOME/hub/checkpoints/`."""
+ZOO_MS_SSIM_LAMBDAS = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.00}
+
+
+def zoo_quality(model: str, metric: str, lmbda: float | None) -> int:
+    """The quality CompressAI trained `model` at for this lambda (its MSE or MS-SSIM table)."""
+    table = ZOO_MSE_LAMBDAS if metric == "mse" else ZOO_MS_SSIM_LAMBDAS
+    match = [q for q, value in table.items() if lmbda is not None and math.isclose(value, lmbda, rel_tol=1e-3)]
+    if not match:
+        known = ", ".join(f"q{q} {v:g}" for q, v in table.items())
+        raise CheckpointError(f"zoo:{model} takes the quality trained at the run's lambda, and lmbda={lmbda} is none of "
+                              f"CompressAI's {metric} lambdas ({known}): set lmbda to one, or name zoo:{model}:QUALITY")
+    return match[0]
+
+
+def zoo_file(spec: str, lmbda: float | None = None) -> tuple[Path, str]:
+    """`zoo:MODEL[:QUALITY[:METRIC]]` -> (that weights file in the torch hub cache, its model class). Without a
+    quality, the one CompressAI trained at `lmbda` (each run of a sweep takes its own). The file is never
+    downloaded: CompressAI's file under its own name, or any file named `<model>-<q>-<sha256[:8]>.pth.tar` as
+    `python -m lic_kd.export` writes them, in `$TORCH_HOME/hub/checkpoints/`."""
     from compressai.zoo.image import model_architectures, model_urls
 
     parts = spec.split(":")
-    if len(parts) not in (3, 4) or not parts[2].isdigit():
-        raise CheckpointError(f"zoo checkpoints are named zoo:MODEL:QUALITY[:METRIC], got {spec!r}")
-    model, quality, metric = parts[1], int(parts[2]), parts[3] if len(parts) == 4 else "mse"
+    if len(parts) not in (2, 3, 4) or (len(parts) > 2 and not parts[2].isdigit()):
+        raise CheckpointError(f"zoo checkpoints are named zoo:MODEL (by the run's lambda) or zoo:MODEL:QUALITY[:METRIC], got {spec!r}")
+    model, metric = parts[1], parts[3] if len(parts) == 4 else "mse"
+    if model not in model_urls:
+        raise CheckpointError(f"CompressAI's zoo has no {model}; models: {', '.join(model_urls)}")
+    quality = int(parts[2]) if len(parts) > 2 else zoo_quality(model, metric, lmbda)
     try:
         url = model_urls[model][metric][quality]
     except KeyError:
         raise CheckpointError(f"CompressAI's zoo has no {model} {metric} quality {quality}; models: {', '.join(model_urls)}") from None
     cls = model_architectures[model]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not path.is_file():
-        raise CheckpointError(f"{spec}: {path.name} is not in {path.parent} (no download here: copy CompressAI's file there)")
-    return path, f"{cls.__module__}.{cls.__name__}"
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    official = url.rsplit("/", 1)[-1]
+    stem = ZOO_FILE.sub("", official)
+    found = [folder / official] if (folder / official).is_file() else sorted(
+        p for p in folder.glob(f"{stem}-*.pth.tar") if ZOO_FILE.search(p.name) and ZOO_FILE.sub("", p.name) == stem)
+    if not found:
+        at = "" if len(parts) > 2 else f" at lmbda={lmbda:g}"
+        raise CheckpointError(f"{spec}{at} (quality {quality}, {metric}): place {official} ({url}) in {folder}; no download here")
+    return found[0], f"{cls.__module__}.{cls.__name__}"
 
 
 def check_zoo_hash(path: Path) -> None:
@@ -144,6 +168,9 @@ def checkpoint_fingerprint(spec: str | Path | None) -> str | None:
     (not only in name) differ in it; None when nothing is named."""
     if spec is None or str(spec) == "":
         return None
+    if str(spec).startswith("zoo:") and len(str(spec).split(":")) == 2:  # by lambda: every quality in the cache
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        return hashlib.sha256(" ".join(sorted(p.name for p in folder.glob(f"{str(spec)[4:]}-*.pth.tar"))).encode()).hexdigest()[:12]
     if str(spec).startswith("zoo:"):
         files = [zoo_file(str(spec))[0]]
     elif is_ladder(spec):
@@ -165,7 +192,7 @@ def load_net(path: str | Path, architecture: str | None = None, lmbda: float | N
     torch hub cache."""
     ladder_meta = None
     if str(path).startswith("zoo:"):
-        path, architecture = zoo_file(str(path))
+        path, architecture = zoo_file(str(path), lmbda)
     elif is_ladder(path):  # a shipped teacher ladder: the rung at lmbda, its sha256 checked
         try:
             path, ladder, rung = ladder_rung(path, lmbda)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lic_kd.losses import DistillationLoss, RateDistortionLoss
+from lic_kd.precision import entropy_models_in_float32
 from lic_kd.prune import prune_into
 from lic_kd.quant import calibrate, quantize
 from lic_kd.models import build_net, capture_latents, load_net, optimizer_steps_per_batch
@@ -126,6 +127,7 @@ class CodecModule(L.LightningModule):
         self.noise_seed = torch.initial_seed() if noise_seed is None else noise_seed
         self.noise_state: dict[str, torch.Tensor] | None = None  # set at the first training step
         self.last_finite_loss: float | None = None
+        self._batch_number = 0
         self.teacher = self.z_teacher = None
         if self.is_kd and teacher_nets is not None:
             self.teacher, self.z_teacher = teacher_nets
@@ -137,6 +139,9 @@ class CodecModule(L.LightningModule):
                 if not self.loss.weights["z"]:
                     raise ConfigError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
                 self.z_teacher, _ = load_net(teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda"))
+        for net in (self.net, self.teacher, self.z_teacher):  # rates in float32 under mixed precision
+            if net is not None:
+                entropy_models_in_float32(net)
 
     def _initialise(self, init: str, teacher: dict | None, lmbda: float | None, calibration: torch.Tensor | None) -> None:
         """Start from trained weights: the teacher's (its most important channels when this network is
@@ -228,28 +233,41 @@ class CodecModule(L.LightningModule):
         the quantiles. `host` is the LightningModule the trainer runs (this one, or the group holding it). A
         non-finite loss or gradient raises DivergedError before any optimizer steps on it."""
         optimizer, aux_optimizer = (optimizers + [None])[:2]
-        batch_number = host.trainer.global_step // host.optimizer_steps_per_batch + 1
+        self._batch_number = host.trainer.global_step // host.optimizer_steps_per_batch + 1
         with self.noise_stream():
             out = self._step(batch, targets)
-        self._check_finite(out["loss"], "the loss is {}", batch_number, optimizer)
+        self._check_finite(out["loss"], "the loss is {}", self._batch_number, optimizer)
         optimizer.zero_grad()
         host.manual_backward(out["loss"])
-        main_params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self._check_finite(torch.nn.utils.get_total_norm([p.grad for p in main_params]), "a gradient is {}", batch_number, optimizer)
-        if self.hparams.optimizer.get("clip_max_norm"):
-            host.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
-        optimizer.step()
+        optimizer.step()  # unscaled (16-mixed), checked and clipped first: before_main_step
         logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items() if torch.is_tensor(v)}
 
         if aux_optimizer is not None:
             aux_loss = self.net.aux_loss()
-            self._check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", batch_number, optimizer)
+            self._check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", self._batch_number, optimizer)
             aux_optimizer.zero_grad()
             host.manual_backward(aux_loss)
             aux_optimizer.step()
             logs["train/aux"] = aux_loss.detach()
         self.last_finite_loss = float(out["loss"].detach())
         return logs
+
+    def owns_main_optimizer(self, optimizer: Any) -> bool:
+        params = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+        return any(id(p) in params for n, p in self.net.named_parameters() if not n.endswith(".quantiles"))
+
+    def before_main_step(self, host: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        """Between backward and the main optimizer's step, where Lightning has unscaled float16 gradients: a
+        non-finite gradient stops the run (under 16-mixed the scaler skips such a step itself), then clipping."""
+        if host.trainer.precision != "16-mixed":
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self._check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self._batch_number, optimizer)
+        if self.hparams.optimizer.get("clip_max_norm"):
+            host.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.owns_main_optimizer(optimizer):
+            self.before_main_step(self, optimizer)
 
     def _check_finite(self, value: torch.Tensor, what: str, batch: int, optimizer: torch.optim.Optimizer) -> None:
         if not torch.isfinite(value).all():

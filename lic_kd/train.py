@@ -33,6 +33,7 @@ from lic_kd.profiling import use_threads
 from lic_kd.prune import CRITERIA, pruned_widths
 from lic_kd.quant import check_spec, decode_determinism, determinism_summary
 from lic_kd.module import CodecModule, DivergedError
+from lic_kd.precision import check_precision
 from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, curve_settings_of, read_results, run_identity, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,21 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("steps", "val_every"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise ConfigError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
-    if cfg.get("scheduler"):  # its settings are fractions of the budget: checked now, not after the data is read
-        instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    if lr_schedule(cfg):  # its settings are fractions of the budget: checked now, not after the data is read
+        instantiate(lr_schedule(cfg), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
     check_rate_preset(cfg)
+    check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
     crop = min(cfg.data.get("crop_size") or MS_SSIM_MIN_SIDE, cfg.data.get("val_crop_size") or MS_SSIM_MIN_SIDE)
     if cfg.objective.get("metric") == "ms-ssim" and crop < MS_SSIM_MIN_SIDE:
         raise ConfigError(f"objective.metric=ms-ssim needs training and validation crops of at least {MS_SSIM_MIN_SIDE} px "
                          f"(5 scales of 11x11 windows), got {crop}: set data.crop_size and data.val_crop_size to 192 or more")
+
+
+def lr_schedule(cfg: DictConfig) -> DictConfig | None:
+    """The schedule's config, or None for a constant rate: scheduler=none beside a preset that tunes its
+    schedule (experiment=demo's milestones) leaves those settings without a _target_."""
+    scheduler = cfg.get("scheduler")
+    return scheduler if scheduler and "_target_" in scheduler else None
 
 
 def check_rate_preset(cfg: DictConfig) -> None:
@@ -178,7 +187,7 @@ def build_module(cfg: DictConfig, datamodule: Any, teacher_nets: tuple | None = 
         net=cfg.model,
         loss=cfg.loss,
         optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler or None,
+        scheduler=lr_schedule(cfg),
         role=cfg.role,
         teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
         init=init,
@@ -243,6 +252,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, eval_paths: list[Path], devices
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
         "settings": run_settings(cfg),
+        "precision": str(cfg.trainer.get("precision", "32-true")),  # of training; evaluation codes in float32
     } | identity
     results = build_results(identity, net, evaluation, time.perf_counter() - start)
     write_json_atomic(run_dir / RESULTS_FILE, results)

@@ -1,5 +1,7 @@
 """Networks: loading teachers from every kind of checkpoint, and the latents KD reads."""
 
+import json
+
 import pytest
 import torch
 from compressai.models import ScaleHyperprior
@@ -58,7 +60,7 @@ def test_zoo_weights_load_offline_from_the_hub_cache_with_their_hash_checked(tmp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    with pytest.raises(CheckpointError, match="bmshj2018-hyperprior-1-7eb97409.pth.tar is not in .*no download"):
+    with pytest.raises(CheckpointError, match="place bmshj2018-hyperprior-1-7eb97409.pth.tar .* in .*no download here"):
         load_net("zoo:bmshj2018-hyperprior:1")
 
     torch.save(ScaleHyperprior(8, 16).state_dict(), cache / "bmshj2018-hyperprior-1-7eb97409.pth.tar")
@@ -73,3 +75,27 @@ def test_zoo_weights_load_offline_from_the_hub_cache_with_their_hash_checked(tmp
     assert (net.N, net.M) == (8, 16) and meta["role"] == "external"
     with pytest.raises(CheckpointError, match="no nosuch"):
         load_net("zoo:nosuch:1")
+
+
+def test_zoo_teacher_by_lambda_takes_each_runs_quality_from_files_lic_kd_exports(tmp_path):
+    """teacher.checkpoint=zoo:MODEL: each KD run takes the quality CompressAI trained at its own lambda, from the
+    hub cache, here holding a teacher of ours exported in the hub's layout; a lambda whose file is missing names
+    the file and the folder in one line, before training."""
+    from conftest import run_module, train
+
+    teacher = tmp_path / "teacher"
+    train("role=teacher", "lmbda=0.0018", f"hydra.run.dir={teacher}")
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    run_module("lic_kd.export", str(teacher), str(hub / "bmshj2018-hyperprior-1.pth.tar"))
+    env = {"TORCH_HOME": str(tmp_path / "torch")}
+    kd = tmp_path / "kd"
+    train("-m", "role=kd", "lmbda=0.0018", "teacher.checkpoint=zoo:bmshj2018-hyperprior", f"hydra.sweep.dir={kd}", env=env)
+    run = json.loads((kd / "0" / "results.json").read_text())["run"]
+    assert run["teacher"]["checkpoint"] == "zoo:bmshj2018-hyperprior" and run["settings"]["teacher.checkpoint_sha256"]
+    proc = train("role=kd", "lmbda=0.0035", "teacher.checkpoint=zoo:bmshj2018-hyperprior", f"hydra.run.dir={tmp_path / 'q2'}",
+                 env=env, check=False)
+    assert proc.returncode == 2 and f"(quality 2, mse): place bmshj2018-hyperprior-2-" in proc.stderr and str(hub) in proc.stderr
+    assert not (tmp_path / "q2" / "checkpoints").exists()
+    proc = train("role=kd", "lmbda=0.005", "teacher.checkpoint=zoo:bmshj2018-hyperprior", f"hydra.run.dir={tmp_path / 'x'}",
+                 env=env, check=False)
+    assert proc.returncode == 2 and "lmbda=0.005 is none of CompressAI's mse lambdas (q1 0.0018" in proc.stderr
