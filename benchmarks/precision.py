@@ -75,6 +75,37 @@ def one_run(model: str, precision: str, seed: int, steps: int, images: int, smok
             "metrics": result["metrics"], "lmbda": float(cfg.lmbda), "overrides": overrides}
 
 
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: without them, bfloat16 convolutions are emulated on the CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def probe_step(N: int, precision: str, repeats: int = 3) -> float:
+    """Median seconds of one forward and backward of ScaleHyperprior(N, 96) on the demo's batch (8 crops of
+    128x128), under the precision's autocast, entropy models in float32 as in training."""
+    import torch
+    from compressai.models import ScaleHyperprior
+
+    from lic_kd.precision import entropy_models_in_float32
+
+    torch.manual_seed(0)
+    net = entropy_models_in_float32(ScaleHyperprior(N, 96)).train()
+    x = torch.rand(8, 3, 128, 128)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            out = net(x)
+            loss = ((out["x_hat"].float() - x) ** 2).mean() + sum(l.log().mean() for l in out["likelihoods"].values())
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="training batches per run (default 300; smoke 8)")
@@ -83,6 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = environment(device_of(args.device))
     steps, images = args.steps or (8 if args.smoke else 300), args.images or (1 if args.smoke else 8)
     seeds = (1, 2)
+    probe = {model: {prec: probe_step(8 if args.smoke else N, prec, 1 if args.smoke else 3) for prec in PRECISIONS}
+             for model, N in MODELS.items()}
+    slower = {m: p["bf16-mixed"] / p["32-true"] for m, p in probe.items()}
+    if not args.smoke and max(slower.values()) > 1.5:  # hours of runs to learn what the probe already says
+        return skipped(args, env, steps, images, probe, slower)
     runs = [one_run(model, precision, seed, steps, images, args.smoke, args.device)
             for model in MODELS for seed in seeds for precision in PRECISIONS]
 
@@ -111,9 +147,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         notes.append(f"{model}: bf16-mixed {t32 / t16:.2f}x the batches/s of 32-true; PSNR "
                      f"{statistics.mean(absolute[model]['psnr_bf16']):.3f} vs {statistics.mean(absolute[model]['psnr_fp32']):.3f} dB, "
                      f"RD cost gap {gap:.4g} vs seed spread {seed_spread:.4g}")
-    settings = {"steps": steps, "images": images, "seeds": list(seeds), "models": MODELS, "precisions": list(PRECISIONS),
+    absolute["probe_s"] = probe
+    settings = {"cpu_bf16": cpu_has_bf16(), "steps": steps, "images": images, "seeds": list(seeds), "models": MODELS, "precisions": list(PRECISIONS),
                 "runs": [{k: r[k] for k in ("model", "precision", "seed", "overrides", "wall_s")} for r in runs]}
     return finish("precision", args, env, settings, ratios, absolute, notes)
+
+
+def skipped(args: Any, env: dict[str, Any], steps: int, images: int, probe: dict, slower: dict) -> dict[str, Any]:
+    """bf16 is slower than float32 here: the step ratios from the probe, the quality runs not made, and why."""
+    why = ("this CPU has no AVX-512 BF16 (nor AMX): bfloat16 convolutions are emulated"
+           if not cpu_has_bf16() else "bfloat16 is slower than float32 on this machine")
+    ratios = {}
+    for model in MODELS:
+        ratios[f"bf16_step_speedup_{model}"] = ratio(probe[model]["32-true"], probe[model]["bf16-mixed"],
+                                                     what="forward+backward seconds, 32-true / bf16-mixed (probe)")
+        ratios[f"bf16_quality_gap_vs_seeds_{model}"] = ratio(float("nan"), float("nan"), what=f"not measured: {why}")
+    notes = [f"bf16-mixed is {max(slower.values()):.1f}x slower than 32-true at worst ({why}): the quality runs "
+             f"({steps} batches x 2 seeds x 2 models) were not made, and the long targets train in 32-true here"]
+    settings = {"steps": steps, "images": images, "models": MODELS, "precisions": list(PRECISIONS), "cpu_bf16": cpu_has_bf16()}
+    return finish("precision", args, env, settings, ratios, {"probe_s": probe, "bf16_over_fp32_time": slower}, notes)
 
 
 if __name__ == "__main__":
