@@ -59,6 +59,8 @@ def one_run(model: str, precision: str, seed: int, steps: int, images: int, smok
         else:
             overrides = ["experiment=demo", f"student.N={MODELS[model]}", "student.init=teacher", f"teacher.checkpoint={TEACHERS}",
                          f"lmbda={TEACHER_LMBDA}", f"steps={steps}", f"val_every={steps}"]
+            if model == "teacher":  # the demo's lr (1e-3, for students cut from it) throws the trained teacher off
+                overrides.append("optimizer.main.lr=1e-4")
         overrides += [f"trainer.precision={precision}", f"seed={seed}", f"data.eval_limit={images}", f"paths.output_dir={tmp}",
                       "trainer.enable_progress_bar=false"]
         if device != "auto":
