@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lic_kd.module import CodecModule, DivergedError, step_at_validation
-from lic_kd.results import FAILURE_FILE, write_json_atomic
+from lic_kd.results import FAILURE_FILE, failure_record, write_json_atomic
 
 __all__ = ["StudentGroup"]
 
@@ -50,7 +50,7 @@ class StudentGroup(L.LightningModule):
     def stop_member(self, name: str, err: DivergedError) -> None:
         """A member met a non-finite loss: it stops (its weights stay the last finite ones, its best.ckpt stays
         what it was), says so in its run directory, and the group goes on without it; with none left, it stops."""
-        self.diverged[name] = {"error": f"{type(err).__name__}: {err}", "diverged": err.record}
+        self.diverged[name] = failure_record(err)
         if self.trainer.is_global_zero:
             write_json_atomic(self.member_dirs[name] / FAILURE_FILE, self.diverged[name])
         log.error("student %s: %s", name, err)
@@ -113,7 +113,7 @@ class StudentGroup(L.LightningModule):
         for name, member in self.active().items():
             val_loss = self.trainer.callback_metrics[f"{name}/val/loss"]
             try:
-                member._check_finite(val_loss, "the validation loss is {}", batches, self._optimizers()[name][0])
+                member.check_finite(val_loss, "the validation loss is {}", batches)
             except DivergedError as err:
                 self.stop_member(name, err)
                 continue

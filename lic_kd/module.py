@@ -236,7 +236,7 @@ class CodecModule(L.LightningModule):
         self._batch_number = host.trainer.global_step // host.optimizer_steps_per_batch + 1
         with self.noise_stream():
             out = self._step(batch, targets)
-        self._check_finite(out["loss"], "the loss is {}", self._batch_number, optimizer)
+        self.check_finite(out["loss"], "the loss is {}", self._batch_number)
         optimizer.zero_grad()
         host.manual_backward(out["loss"])
         optimizer.step()  # unscaled (16-mixed), checked and clipped first: before_main_step
@@ -244,7 +244,7 @@ class CodecModule(L.LightningModule):
 
         if aux_optimizer is not None:
             aux_loss = self.net.aux_loss()
-            self._check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", self._batch_number, optimizer)
+            self.check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", self._batch_number)
             aux_optimizer.zero_grad()
             host.manual_backward(aux_loss)
             aux_optimizer.step()
@@ -253,15 +253,14 @@ class CodecModule(L.LightningModule):
         return logs
 
     def owns_main_optimizer(self, optimizer: Any) -> bool:
-        params = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
-        return any(id(p) in params for n, p in self.net.named_parameters() if not n.endswith(".quantiles"))
+        return getattr(optimizer, "optimizer", optimizer) is self.main_optimizer  # Lightning's wrapper or the optimizer
 
     def before_main_step(self, host: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         """Between backward and the main optimizer's step, where Lightning has unscaled float16 gradients: a
         non-finite gradient stops the run (under 16-mixed the scaler skips such a step itself), then clipping."""
         if host.trainer.precision != "16-mixed":
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            self._check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self._batch_number, optimizer)
+            self.check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self._batch_number)
         if self.hparams.optimizer.get("clip_max_norm"):
             host.clip_gradients(optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm")
 
@@ -269,10 +268,11 @@ class CodecModule(L.LightningModule):
         if self.owns_main_optimizer(optimizer):
             self.before_main_step(self, optimizer)
 
-    def _check_finite(self, value: torch.Tensor, what: str, batch: int, optimizer: torch.optim.Optimizer) -> None:
+    def check_finite(self, value: torch.Tensor, what: str, batch: int) -> None:
+        """DivergedError, naming `what` (with {} for nan or inf) and the batch, when `value` is not finite."""
         if not torch.isfinite(value).all():
             kind = "nan" if torch.isnan(value).any() else "inf"
-            raise DivergedError(what.format(kind), batch, self.last_finite_loss, optimizer.param_groups[0]["lr"],
+            raise DivergedError(what.format(kind), batch, self.last_finite_loss, self.main_optimizer.param_groups[0]["lr"],
                                 bool(self.hparams.optimizer.get("clip_max_norm")))
 
     def step_schedule_after_batch(self, scheduler: Any) -> None:
@@ -326,13 +326,13 @@ class CodecModule(L.LightningModule):
             return
         val_loss = self.trainer.callback_metrics["val/loss"]
         # raised before ModelCheckpoint sees it: a non-finite validation never becomes best.ckpt
-        self._check_finite(val_loss, "the validation loss is {}", self.trainer.global_step // self.optimizer_steps_per_batch,
-                           self.optimizers()[0] if isinstance(self.optimizers(), list) else self.optimizers())
+        self.check_finite(val_loss, "the validation loss is {}", self.trainer.global_step // self.optimizer_steps_per_batch)
         step_at_validation(self.lr_schedulers(), val_loss)
 
     def configure_optimizers(self) -> Any:
         main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]
         optimizers = [instantiate(self.hparams.optimizer["main"], params=main)]
+        self.main_optimizer = optimizers[0]  # the one whose gradients are checked and clipped (before_main_step)
         if self.has_entropy_model:
             aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
             optimizers.append(instantiate(self.hparams.optimizer["aux"], params=aux))

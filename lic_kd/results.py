@@ -29,6 +29,12 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def failure_record(err: BaseException, **extra: Any) -> dict[str, Any]:
+    """failure.json of a run that raised: the error, and where a run diverged (DivergedError.record)."""
+    diverged = getattr(err, "record", None)
+    return {"error": f"{type(err).__name__}: {err}", **({"diverged": diverged} if diverged else {}), **extra}
+
+
 def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 

@@ -34,7 +34,7 @@ from lic_kd.prune import CRITERIA, pruned_widths
 from lic_kd.quant import check_spec, decode_determinism, determinism_summary
 from lic_kd.module import CodecModule, DivergedError
 from lic_kd.precision import check_precision
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, curve_settings_of, read_results, run_identity, write_json_atomic
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, build_results, curve_settings_of, failure_record, read_results, run_identity, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("steps", "val_every"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise ConfigError(f"{key} must be a positive integer (training batches), got {cfg[key]!r}")
-    if lr_schedule(cfg):  # its settings are fractions of the budget: checked now, not after the data is read
-        instantiate(lr_schedule(cfg), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    schedule = lr_schedule(cfg)
+    if schedule:  # its settings are fractions of the budget: checked now, not after the data is read
+        instantiate(schedule, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
     check_rate_preset(cfg)
     check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
     crop = min(cfg.data.get("crop_size") or MS_SSIM_MIN_SIDE, cfg.data.get("val_crop_size") or MS_SSIM_MIN_SIDE)
@@ -379,7 +380,7 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
         diverged = group.diverged if group is not None else {}
         for name, d in member_dirs.items():
             if not (d / RESULTS_FILE).is_file() and name not in diverged:
-                write_json_atomic(d / FAILURE_FILE, {"error": f"{type(err).__name__}: {err}", "overrides": _overrides()})
+                write_json_atomic(d / FAILURE_FILE, failure_record(err, overrides=_overrides()))
         raise
     for name, d in member_dirs.items():
         if name not in group.diverged:
@@ -406,14 +407,14 @@ def main(cfg: DictConfig) -> None:
             train(cfg)
         except DivergedError as err:  # a result, not a crash: recorded, reported as diverged; a sweep goes on
             log.error("run diverged: %s", err)
-            write_json_atomic(failure, {"error": f"{type(err).__name__}: {err}", "diverged": err.record, "overrides": _overrides()})
+            write_json_atomic(failure, failure_record(err, overrides=_overrides()))
             if HydraConfig.get().mode != RunMode.MULTIRUN:
                 raise
             return
         except Exception as err:
             # Hydra reports a sweep's failures only once every job has run: leave the reason in the run dir.
             log.error("run failed: %s: %s", type(err).__name__, err)
-            write_json_atomic(failure, {"error": f"{type(err).__name__}: {err}", "overrides": _overrides()})
+            write_json_atomic(failure, failure_record(err, overrides=_overrides()))
             raise
     failure.unlink(missing_ok=True)
 
