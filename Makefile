@@ -27,16 +27,22 @@ TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune 
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
 
-.PHONY: install test test-all demo demo-teachers teachers study frugal codecs report figures families variants slurm-up slurm-down bench clean
+.PHONY: install lint test test-all demo demo-teachers teachers study frugal codecs report figures families variants slurm-up slurm-down bench clean
 
 install: $(INSTALLED)
 
-# torch is left unpinned on purpose: the registry's newest torch pairs with its torchvision (see README).
+# torch is left unpinned on purpose: the registry's newest torch pairs with its torchvision (see docs/configuration.md, Install).
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# ruff (configured in pyproject.toml): lint, and the format it keeps.
+LINTED := lic_kd tests benchmarks hydra_plugins
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 test: install
 	$(PY) -m pytest -q -m "not slow" --durations=12
@@ -64,7 +70,7 @@ demo-teachers: install
 teachers: install
 	$(TEACHER_BASE_CMD)
 	$(TEACHER_RUNGS_CMD)
-	$(PY) -m lic_kd.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base \
+	$(PY) -m lic_kd.teachers.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base \
 		--command "$(TEACHER_BASE_CMD) && $(TEACHER_RUNGS_CMD)" $(if $(TEACHER_NOTE),--note "$(TEACHER_NOTE)")
 
 # The longer study on the shipped ladder: students of every width below the teacher's, plain and KD, from random
@@ -109,7 +115,7 @@ frugal: install
 CODEC_POINTS ?= 5
 CODECS ?= JPEG,WebP  # the demo's; add JPEG2000,AVIF for the full comparison (about 1.5 minutes more)
 codecs: install
-	$(PY) -m lic_kd.classical --out $(DEMO_DIR)/codecs --points $(CODEC_POINTS) --codecs $(CODECS)
+	$(PY) -m lic_kd.evaluation.classical --out $(DEMO_DIR)/codecs --points $(CODEC_POINTS) --codecs $(CODECS)
 
 # make report SWEEPS="outputs/multirun/A outputs/multirun/B" NAME=my_study [ANCHOR=JPEG]
 # Tables, BD-rate, figures and report.md into multirun_reports/NAME/.
@@ -158,7 +164,7 @@ slurm-up:
 slurm-down:
 	bash scripts/slurm-local.sh down
 
-# lic_kd's speed against baselines measured in the same run (README, Benchmarks): ratios, absolute figures and goals,
+# lic_kd's speed against baselines measured in the same run (docs/benchmarks.md): ratios, absolute figures and goals,
 # printed and written to benchmarks/results/*.json (about 10 minutes on 2 CPU cores). BENCH_ARGS=--smoke: a tiny run
 # that checks every benchmark works (benchmarks/results/smoke/); BENCH_ARGS="--only decode_fps" picks some.
 BENCH_ARGS ?=

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
-    common = (["--smoke"] if args.smoke else []) + (["--out", str(args.out)] if args.out else []) + ["--device", args.device]
+    common = (
+        (["--smoke"] if args.smoke else []) + (["--out", str(args.out)] if args.out else []) + ["--device", args.device]
+    )
     records, failed, start = {}, [], time.perf_counter()
     for name in names:
         print(f"\n=== benchmarks.{name} ===", flush=True)
@@ -40,14 +42,22 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
         print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
 
-    print("\n" + "=" * 80 + f"\nAll benchmarks ({'smoke' if args.smoke else 'full'}, {time.perf_counter() - start:.0f} s, "
-          f"load average now {os.getloadavg()[0]:.2f}):\n")
+    print(
+        "\n"
+        + "=" * 80
+        + f"\nAll benchmarks ({'smoke' if args.smoke else 'full'}, {time.perf_counter() - start:.0f} s, "
+        f"load average now {os.getloadavg()[0]:.2f}):\n"
+    )
     for record in records.values():
         print(table(record) + "\n")
     folder = out_dir(args)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"benchmarks": {n: str(folder / f"{n}.json") for n in records}, "failed": failed,
-               "wall_s": time.perf_counter() - start, "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
+    summary = {
+        "benchmarks": {n: str(folder / f"{n}.json") for n in records},
+        "failed": failed,
+        "wall_s": time.perf_counter() - start,
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)

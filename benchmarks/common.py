@@ -9,7 +9,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,8 +24,12 @@ KODAK = REPO / "data" / "kodak"
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--smoke", action="store_true", help="tiny settings (seconds): checks that the benchmark runs, measures nothing")
-    p.add_argument("--out", type=Path, default=None, help="folder of the JSON files (default benchmarks/results[/smoke])")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny settings (seconds): checks that the benchmark runs, measures nothing"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder of the JSON files (default benchmarks/results[/smoke])"
+    )
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (medians are taken over them)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
@@ -87,8 +90,13 @@ def median(values: Sequence[float]) -> float:
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median, min, max and the relative spread (max - min) / median of repeated measurements."""
     m = statistics.median(values)
-    return {"median": m, "min": min(values), "max": max(values), "n": len(values),
-            "rel_spread": (max(values) - min(values)) / m if m else float("nan")}
+    return {
+        "median": m,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "rel_spread": (max(values) - min(values)) / m if m else float("nan"),
+    }
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -105,7 +113,7 @@ def interleave(variants: dict[str, Callable[[], float]], repeats: int, warmup: i
     names = list(variants)
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             value = variants[name]()
             if r >= warmup:
@@ -113,9 +121,17 @@ def interleave(variants: dict[str, Callable[[], float]], repeats: int, warmup: i
     return out
 
 
-def ratio(value: float, baseline: float, *, goal: str | None = None, goal_value: float | None = None,
-          higher_is_better: bool = False, what: str = "", paired: float | None = None,
-          met: bool | None = None) -> dict[str, Any]:
+def ratio(
+    value: float,
+    baseline: float,
+    *,
+    goal: str | None = None,
+    goal_value: float | None = None,
+    higher_is_better: bool = False,
+    what: str = "",
+    paired: float | None = None,
+    met: bool | None = None,
+) -> dict[str, Any]:
     """A ratio against a baseline of the same run, with its goal (`<= 1.05` style) and whether it is met.
     `paired`: the ratio itself when it is the median of paired ratios rather than value / baseline (medians);
     `goal` with `met`: a goal that is not a bound on the ratio (e.g. an absolute difference)."""
@@ -129,13 +145,28 @@ def ratio(value: float, baseline: float, *, goal: str | None = None, goal_value:
     return entry
 
 
-def finish(name: str, args: argparse.Namespace, env: dict[str, Any], settings: dict[str, Any],
-           ratios: dict[str, dict[str, Any]], absolute: dict[str, Any], notes: Sequence[str] = ()) -> dict[str, Any]:
+def finish(
+    name: str,
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    settings: dict[str, Any],
+    ratios: dict[str, dict[str, Any]],
+    absolute: dict[str, Any],
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
     """Print the table and write `<out>/<name>.json`; returns the record."""
     env = env | {"loadavg_end": list(os.getloadavg()), "torch_threads_end": torch.get_num_threads()}
-    record = {"benchmark": name, "mode": "smoke" if args.smoke else "full", "args": {k: str(v) for k, v in vars(args).items()},
-              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": env, "settings": settings,
-              "ratios": ratios, "absolute": absolute, "notes": list(notes)}
+    record = {
+        "benchmark": name,
+        "mode": "smoke" if args.smoke else "full",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": env,
+        "settings": settings,
+        "ratios": ratios,
+        "absolute": absolute,
+        "notes": list(notes),
+    }
     folder = out_dir(args)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
@@ -158,13 +189,22 @@ def _jsonable(value: Any) -> Any:
 def table(record: dict[str, Any]) -> str:
     """The ratios of one benchmark as a Markdown table, with the machine line under it."""
     env = record["environment"]
-    lines = [f"### {record['benchmark']} ({record['mode']})", "", "| figure | value | baseline | ratio | goal | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {record['benchmark']} ({record['mode']})",
+        "",
+        "| figure | value | baseline | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, r in record["ratios"].items():
         met = "" if "met" not in r else ("yes" if r["met"] else "NO")
-        lines.append(f"| {key} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | {_fmt(r['ratio'])} | {r.get('goal', '')} | {met} |")
+        lines.append(
+            f"| {key} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | {_fmt(r['ratio'])} | {r.get('goal', '')} | {met} |"
+        )
     lines.append("")
-    lines.append(f"{env['device']}, {env['torch_threads']} torch threads, torch {env['torch']}, "
-                 f"load average {env['loadavg_start'][0]:.2f} -> {env['loadavg_end'][0]:.2f}")
+    lines.append(
+        f"{env['device']}, {env['torch_threads']} torch threads, torch {env['torch']}, "
+        f"load average {env['loadavg_start'][0]:.2f} -> {env['loadavg_end'][0]:.2f}"
+    )
     return "\n".join(lines)
 
 
@@ -179,9 +219,10 @@ def _fmt(v: Any) -> str:
 def compose_train(overrides: Sequence[str]) -> Any:
     """The configuration `python -m lic_kd.train OVERRIDES` would run, composed from conf/ (no Hydra run dir:
     set paths.output_dir)."""
-    import lic_kd  # noqa: F401  (its config resolvers)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    import lic_kd.models.zoo  # noqa: F401  (its config resolvers)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -18,7 +18,18 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from benchmarks.common import compose_train, device_of, environment, finish, interleave, median_ratio, parser, ratio, spread, timed
+from benchmarks.common import (
+    compose_train,
+    device_of,
+    environment,
+    finish,
+    interleave,
+    median_ratio,
+    parser,
+    ratio,
+    spread,
+    timed,
+)
 
 GOAL_LOADER = 20.0  # loader images/s over model images/s: the loader adds at most 5 % to a step
 
@@ -49,39 +60,78 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaders[name] = endless(data.train_dataloader())
     bs = int(cfg.data.batch_size)
     net = instantiate(cfg.model).to(device)
-    loop = PlainLoop(net, lmbda=float(cfg.lmbda), lr=float(cfg.optimizer.main.lr), aux_lr=float(cfg.optimizer.aux.lr),
-                     clip=cfg.optimizer.get("clip_max_norm"))
+    loop = PlainLoop(
+        net,
+        lmbda=float(cfg.lmbda),
+        lr=float(cfg.optimizer.main.lr),
+        aux_lr=float(cfg.optimizer.aux.lr),
+        clip=cfg.optimizer.get("clip_max_norm"),
+    )
     batch = next(loaders["cached"]).to(device)
 
     def load(name: str) -> Callable[[], float]:
-        return lambda: timed(lambda: [next(loaders[name]) for _ in range(n_batches)], torch.device("cpu")) / (n_batches * bs)
+        return lambda: (
+            timed(lambda: [next(loaders[name]) for _ in range(n_batches)], torch.device("cpu")) / (n_batches * bs)
+        )
 
     steps = max(1, n_batches // 4)
-    variants = {"loader_cached": load("cached"), "loader_uncached": load("uncached"),
-                "model_step": lambda: timed(lambda: [loop.step(batch) for _ in range(steps)], device) / (steps * bs)}
+    variants = {
+        "loader_cached": load("cached"),
+        "loader_uncached": load("uncached"),
+        "model_step": lambda: timed(lambda: [loop.step(batch) for _ in range(steps)], device) / (steps * bs),
+    }
     t = interleave(variants, repeats)  # seconds per image
     med = {k: spread(v)["median"] for k, v in t.items()}
     ips = {k: 1 / v for k, v in med.items()}
     ratios = {
-        "loader_vs_model": ratio(ips["loader_cached"], ips["model_step"], paired=median_ratio(t["model_step"], t["loader_cached"]),
-                                 goal_value=GOAL_LOADER, higher_is_better=True,
-                                 what="images/s of lic_kd's training loader (cached, the default) / images/s of the model's training step"),
-        "loader_uncached_vs_model": ratio(ips["loader_uncached"], ips["model_step"],
-                                          paired=median_ratio(t["model_step"], t["loader_uncached"]),
-                                          goal_value=GOAL_LOADER, higher_is_better=True,
-                                          what="the same, decoding the PNG for every crop (data.cache_images=false)"),
-        "cache_speedup": ratio(ips["loader_cached"], ips["loader_uncached"], paired=median_ratio(t["loader_uncached"], t["loader_cached"]),
-                               what="loader images/s, cached / decoded per crop"),
+        "loader_vs_model": ratio(
+            ips["loader_cached"],
+            ips["model_step"],
+            paired=median_ratio(t["model_step"], t["loader_cached"]),
+            goal_value=GOAL_LOADER,
+            higher_is_better=True,
+            what="images/s of lic_kd's training loader (cached, the default) / images/s of the model's training step",
+        ),
+        "loader_uncached_vs_model": ratio(
+            ips["loader_uncached"],
+            ips["model_step"],
+            paired=median_ratio(t["model_step"], t["loader_uncached"]),
+            goal_value=GOAL_LOADER,
+            higher_is_better=True,
+            what="the same, decoding the PNG for every crop (data.cache_images=false)",
+        ),
+        "cache_speedup": ratio(
+            ips["loader_cached"],
+            ips["loader_uncached"],
+            paired=median_ratio(t["loader_uncached"], t["loader_cached"]),
+            what="loader images/s, cached / decoded per crop",
+        ),
     }
-    settings = {"preset": "smoke" if args.smoke else "demo", "crop_size": int(cfg.data.crop_size), "batch_size": bs,
-                "num_workers": int(cfg.data.num_workers), "train_images": len(data.train_paths), "model": dict(cfg.model),
-                "batches_per_block": n_batches, "repeats": repeats, "device": str(device)}
-    absolute = {"images_per_s": ips, "seconds_per_image": {k: spread(v) for k, v in t.items()},
-                "loader_share_of_step": {"cached": ips["model_step"] / ips["loader_cached"],
-                                         "uncached": ips["model_step"] / ips["loader_uncached"]}}
-    notes = [f"loader {ips['loader_cached']:.0f} images/s cached, {ips['loader_uncached']:.0f} decoding PNGs; model "
-             f"{ips['model_step']:.1f} images/s: the cached loader adds {100 * ips['model_step'] / ips['loader_cached']:.1f} % to a "
-             f"step (num_workers=0: loading is serial with the step)"]
+    settings = {
+        "preset": "smoke" if args.smoke else "demo",
+        "crop_size": int(cfg.data.crop_size),
+        "batch_size": bs,
+        "num_workers": int(cfg.data.num_workers),
+        "train_images": len(data.train_paths),
+        "model": dict(cfg.model),
+        "batches_per_block": n_batches,
+        "repeats": repeats,
+        "device": str(device),
+    }
+    absolute = {
+        "images_per_s": ips,
+        "seconds_per_image": {k: spread(v) for k, v in t.items()},
+        "loader_share_of_step": {
+            "cached": ips["model_step"] / ips["loader_cached"],
+            "uncached": ips["model_step"] / ips["loader_uncached"],
+        },
+    }
+    notes = [
+        f"loader {ips['loader_cached']:.0f} images/s cached, {ips['loader_uncached']:.0f} decoding PNGs; model "
+        f"{ips['model_step']:.1f} images/s: the cached loader adds "
+        f"{100 * ips['model_step'] / ips['loader_cached']:.1f} % to a "
+        f"step (num_workers=0: loading is serial with the step)"
+    ]
     return finish("data_pipeline", args, env, settings, ratios, absolute, notes)
 
 

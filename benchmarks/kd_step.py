@@ -1,6 +1,6 @@
 """KD step against a plain student step of the same width, for a sweep of students; and what one teacher forward
-shared by a list of students costs (lic_kd.group: `student.N=[16,32,48]` trains them in one process, one teacher
-forward per batch), measured for the list's prefixes and derived for k students of one width.
+shared by a list of students costs (lic_kd.training.group: `student.N=[16,32,48]` trains them in one process, one
+teacher forward per batch), measured for the list's prefixes and derived for k students of one width.
 
 Students: ScaleHyperprior N=16 and 32, M=96, started from the shipped teacher (student.init=teacher); teacher:
 the shipped ladder's N=64 M=96 rung at lambda 0.0067; demo batches (8 crops of 128x128 from CBSD68). Both
@@ -19,8 +19,20 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import (TEACHER_LMBDA, TEACHERS, compose_train, device_of, environment, finish, interleave,
-                               median_ratio, parser, ratio, spread, sync, timed)
+from benchmarks.common import (
+    TEACHER_LMBDA,
+    TEACHERS,
+    compose_train,
+    device_of,
+    environment,
+    finish,
+    interleave,
+    median_ratio,
+    parser,
+    ratio,
+    spread,
+    timed,
+)
 
 GOAL_KD = 1.15
 SHARED_K = (1, 2, 4, 8)
@@ -28,16 +40,30 @@ SHARED_K = (1, 2, 4, 8)
 
 def build(role: str, width: int, smoke: bool) -> Any:
     """A CodecModule exactly as lic_kd.train builds it for this role and width."""
-    from hydra.utils import instantiate
 
-    from lic_kd.module import CodecModule
+    from lic_kd.training.module import CodecModule
 
-    cfg = compose_train(["experiment=smoke" if smoke else "experiment=demo", f"role={role}", f"student.N={width}",
-                         "student.M=96", f"lmbda={TEACHER_LMBDA}", "student.init=teacher",
-                         f"teacher.checkpoint={TEACHERS}", "paths.output_dir=/nonexistent"])
-    module = CodecModule(net=cfg.model, loss=cfg.loss, optimizer=cfg.optimizer, scheduler=cfg.scheduler or None,
-                         role=cfg.role, teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
-                         init=cfg.student.get("init") or "random")
+    cfg = compose_train(
+        [
+            "experiment=smoke" if smoke else "experiment=demo",
+            f"role={role}",
+            f"student.N={width}",
+            "student.M=96",
+            f"lmbda={TEACHER_LMBDA}",
+            "student.init=teacher",
+            f"teacher.checkpoint={TEACHERS}",
+            "paths.output_dir=/nonexistent",
+        ]
+    )
+    module = CodecModule(
+        net=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler or None,
+        role=cfg.role,
+        teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
+        init=cfg.student.get("init") or "random",
+    )
     module.check_kd_shapes()
     module.train()
     return module, cfg
@@ -136,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = first.teacher_targets(x)
             for n in members:
                 kd[n].step_with_targets(x, t)
+
         return step
 
     for members in lists:
@@ -148,46 +175,80 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ratios: dict[str, dict[str, Any]] = {}
     for n in widths:
-        ratios[f"kd_step_N{n}"] = ratio(med[f"kd_N{n}"], med[f"plain_N{n}"], paired=median_ratio(t[f"kd_N{n}"], t[f"plain_N{n}"]),
-                                        goal_value=GOAL_KD, what=f"seconds per batch, KD step / plain step, student N={n}")
+        ratios[f"kd_step_N{n}"] = ratio(
+            med[f"kd_N{n}"],
+            med[f"plain_N{n}"],
+            paired=median_ratio(t[f"kd_N{n}"], t[f"plain_N{n}"]),
+            goal_value=GOAL_KD,
+            what=f"seconds per batch, KD step / plain step, student N={n}",
+        )
     for members in lists:
         name = ",".join(map(str, members))
         plain_sum = [sum(t[f"plain_N{n}"][r] for n in members) for r in range(repeats)]
         ratios[f"kd_group_N{name}"] = ratio(
-            med[f"shared_teacher_N{name}"], sum(med[f"plain_N{n}"] for n in members),
-            paired=median_ratio(t[f"shared_teacher_N{name}"], plain_sum), goal_value=GOAL_KD,
-            what=f"students N=[{name}] trained together: one teacher forward + their KD steps / their plain steps")
+            med[f"shared_teacher_N{name}"],
+            sum(med[f"plain_N{n}"] for n in members),
+            paired=median_ratio(t[f"shared_teacher_N{name}"], plain_sum),
+            goal_value=GOAL_KD,
+            what=f"students N=[{name}] trained together: one teacher forward + their KD steps / their plain steps",
+        )
     plain_twice = [2 * sum(t[f"plain_N{n}"][r] for n in widths) for r in range(repeats)]
     ratios["kd_group_study"] = ratio(
-        med["shared_teacher_study"], 2 * sum(med[f"plain_N{n}"] for n in widths),
-        paired=median_ratio(t["shared_teacher_study"], plain_twice), goal_value=GOAL_KD,
+        med["shared_teacher_study"],
+        2 * sum(med[f"plain_N{n}"] for n in widths),
+        paired=median_ratio(t["shared_teacher_study"], plain_twice),
+        goal_value=GOAL_KD,
         what=f"make study's KD groups, students N=[{','.join(map(str, widths))}] x init=[random,teacher] "
-             "trained together: one teacher forward + their KD steps / their plain steps")
+        "trained together: one teacher forward + their KD steps / their plain steps",
+    )
     for n in widths:
         for k in SHARED_K:
             per_student = [(t["teacher_forward"][r] / k + t[f"kd_given_targets_N{n}"][r]) for r in range(repeats)]
             ratios[f"kd_shared_k{k}_N{n}"] = ratio(
-                (med["teacher_forward"] / k + med[f"kd_given_targets_N{n}"]), med[f"plain_N{n}"],
-                paired=median_ratio(per_student, t[f"plain_N{n}"]), goal_value=GOAL_KD,
-                what=f"derived: per-student cost when one teacher forward serves {k} students N={n} / plain step")
+                (med["teacher_forward"] / k + med[f"kd_given_targets_N{n}"]),
+                med[f"plain_N{n}"],
+                paired=median_ratio(per_student, t[f"plain_N{n}"]),
+                goal_value=GOAL_KD,
+                what=f"derived: per-student cost when one teacher forward serves {k} students N={n} / plain step",
+            )
     for n in widths:
-        ratios[f"teacher_share_N{n}"] = ratio(med["teacher_forward"], med[f"kd_N{n}"],
-                                              paired=median_ratio(t["teacher_forward"], t[f"kd_N{n}"]),
-                                              what=f"teacher forward / whole KD step, N={n}")
+        ratios[f"teacher_share_N{n}"] = ratio(
+            med["teacher_forward"],
+            med[f"kd_N{n}"],
+            paired=median_ratio(t["teacher_forward"], t[f"kd_N{n}"]),
+            what=f"teacher forward / whole KD step, N={n}",
+        )
     ratios["teacher_latents_only_vs_forward"] = ratio(
-        med["teacher_latents_only"], med["teacher_forward"], paired=median_ratio(t["teacher_latents_only"], t["teacher_forward"]),
-        what="g_a + round + g_s alone / the teacher's full forward (what KD on y_hat, x_hat needs)")
+        med["teacher_latents_only"],
+        med["teacher_forward"],
+        paired=median_ratio(t["teacher_latents_only"], t["teacher_forward"]),
+        what="g_a + round + g_s alone / the teacher's full forward (what KD on y_hat, x_hat needs)",
+    )
 
     shape = tuple(data[0].shape)
-    settings = {"widths": widths, "M": 96, "teacher": f"{TEACHERS.name} lambda {TEACHER_LMBDA} (N=64, M=96)",
-                "student_init": "teacher (pruned)", "batch": shape, "batches_per_block": steps, "repeats": repeats,
-                "device": str(device), "shared_k": SHARED_K}
-    absolute = {"seconds_per_batch": {k: spread(v) for k, v in t.items()},
-                "teacher_latents_only_same_targets": same_targets}
-    notes = [f"teacher forward {med['teacher_forward'] * 1e3:.1f} ms per batch of {shape}: "
-             + ", ".join(f"N={n} plain {med[f'plain_N{n}'] * 1e3:.1f} ms, KD {med[f'kd_N{n}'] * 1e3:.1f} ms" for n in widths),
-             "kd_shared_k* are derived from measured parts (teacher forward / k + a KD step on given targets); "
-             "kd_group_N* are measured directly"]
+    settings = {
+        "widths": widths,
+        "M": 96,
+        "teacher": f"{TEACHERS.name} lambda {TEACHER_LMBDA} (N=64, M=96)",
+        "student_init": "teacher (pruned)",
+        "batch": shape,
+        "batches_per_block": steps,
+        "repeats": repeats,
+        "device": str(device),
+        "shared_k": SHARED_K,
+    }
+    absolute = {
+        "seconds_per_batch": {k: spread(v) for k, v in t.items()},
+        "teacher_latents_only_same_targets": same_targets,
+    }
+    notes = [
+        f"teacher forward {med['teacher_forward'] * 1e3:.1f} ms per batch of {shape}: "
+        + ", ".join(
+            f"N={n} plain {med[f'plain_N{n}'] * 1e3:.1f} ms, KD {med[f'kd_N{n}'] * 1e3:.1f} ms" for n in widths
+        ),
+        "kd_shared_k* are derived from measured parts (teacher forward / k + a KD step on given targets); "
+        "kd_group_N* are measured directly",
+    ]
     return finish("kd_step", args, env, settings, ratios, absolute, notes)
 
 

@@ -67,8 +67,9 @@ class Interleaver(L.Callback):
 
     last: "Interleaver | None" = None
 
-    def __init__(self, warmup: int, segment: int, repeats: int, lmbda: float, lr: float, aux_lr: float,
-                 clip: float | None) -> None:
+    def __init__(
+        self, warmup: int, segment: int, repeats: int, lmbda: float, lr: float, aux_lr: float, clip: float | None
+    ) -> None:
         self.warmup, self.segment, self.repeats = warmup, segment, repeats
         self.hp = dict(lmbda=lmbda, lr=lr, aux_lr=aux_lr, clip=clip)
         self.lic: list[float] = []  # seconds per segment of lic_kd batches
@@ -108,7 +109,7 @@ class Interleaver(L.Callback):
             self.lic.append(now - self._t0)
             self.between.append(self._between)
             start = time.perf_counter()
-            for x in self.batches[-self.segment:]:
+            for x in self.batches[-self.segment :]:
                 self.loop.step(x)
             sync(self.device)
             self.plain.append(time.perf_counter() - start)
@@ -134,9 +135,16 @@ def run(smoke: bool, repeats: int | None, segment: int | None, device: str) -> d
         if device != "auto":
             overrides.append(f"trainer.accelerator={device}")
         cfg = compose_train(overrides)
-        bench = {"_target_": f"{__name__}.Interleaver", "warmup": warmup, "segment": segment, "repeats": repeats,
-                 "lmbda": float(cfg.lmbda), "lr": float(cfg.optimizer.main.lr), "aux_lr": float(cfg.optimizer.aux.lr),
-                 "clip": cfg.optimizer.get("clip_max_norm")}
+        bench = {
+            "_target_": f"{__name__}.Interleaver",
+            "warmup": warmup,
+            "segment": segment,
+            "repeats": repeats,
+            "lmbda": float(cfg.lmbda),
+            "lr": float(cfg.optimizer.main.lr),
+            "aux_lr": float(cfg.optimizer.aux.lr),
+            "clip": cfg.optimizer.get("clip_max_norm"),
+        }
         from omegaconf import open_dict
 
         with open_dict(cfg):
@@ -147,10 +155,22 @@ def run(smoke: bool, repeats: int | None, segment: int | None, device: str) -> d
         except BenchmarkDone:
             pass
     cb = Interleaver.last
-    return {"overrides": overrides, "warmup": warmup, "segment": segment, "repeats": repeats, "setup_s": cb.setup_s,
-            "lic_s": cb.lic, "plain_s": cb.plain, "between_s": cb.between, "device": str(cb.device),
-            "batch_size": int(cfg.data.batch_size), "crop_size": int(cfg.data.crop_size),
-            "N": int(cfg.student.N), "M": int(cfg.student.M), "num_workers": int(cfg.data.num_workers)}
+    return {
+        "overrides": overrides,
+        "warmup": warmup,
+        "segment": segment,
+        "repeats": repeats,
+        "setup_s": cb.setup_s,
+        "lic_s": cb.lic,
+        "plain_s": cb.plain,
+        "between_s": cb.between,
+        "device": str(cb.device),
+        "batch_size": int(cfg.data.batch_size),
+        "crop_size": int(cfg.data.crop_size),
+        "N": int(cfg.student.N),
+        "M": int(cfg.student.M),
+        "num_workers": int(cfg.data.num_workers),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -166,11 +186,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lic_med, plain_med = spread(lic_rate)["median"], spread(plain_rate)["median"]
     between_share = [b / t for b, t in zip(m["between_s"], m["lic_s"])]
     ratios = {
-        "train_step_overhead": ratio(1 / lic_med, 1 / plain_med, paired=median_ratio(m["lic_s"], m["plain_s"]), goal_value=GOAL_OVERHEAD,
-                                     what="seconds per batch, lic_kd (Lightning, logging, progress bar, loader) / plain loop: "
-                                          "median over adjacent segment pairs"),
-        "train_step_overhead_of_medians": ratio(1 / lic_med, 1 / plain_med, goal_value=GOAL_OVERHEAD,
-                                                what="median seconds per batch of lic_kd / of the plain loop"),
+        "train_step_overhead": ratio(
+            1 / lic_med,
+            1 / plain_med,
+            paired=median_ratio(m["lic_s"], m["plain_s"]),
+            goal_value=GOAL_OVERHEAD,
+            what="seconds per batch, lic_kd (Lightning, logging, progress bar, loader) / plain loop: "
+            "median over adjacent segment pairs",
+        ),
+        "train_step_overhead_of_medians": ratio(
+            1 / lic_med,
+            1 / plain_med,
+            goal_value=GOAL_OVERHEAD,
+            what="median seconds per batch of lic_kd / of the plain loop",
+        ),
     }
     absolute = {
         "lic_kd_batches_per_s": spread(lic_rate),
@@ -180,12 +209,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setup_s": m["setup_s"],
         "raw": {k2: m[k2] for k2 in ("lic_s", "plain_s", "between_s")},
     }
-    settings = {k2: m[k2] for k2 in ("overrides", "warmup", "segment", "repeats", "device", "N", "M", "batch_size",
-                                    "crop_size", "num_workers")}
+    settings = {
+        k2: m[k2]
+        for k2 in (
+            "overrides",
+            "warmup",
+            "segment",
+            "repeats",
+            "device",
+            "N",
+            "M",
+            "batch_size",
+            "crop_size",
+            "num_workers",
+        )
+    }
     settings["excluded"] = "one-time setup, warm-up batches, validation, checkpoints, evaluation (from both sides)"
-    notes = [f"lic_kd: {lic_med:.3f} batches/s, plain loop: {plain_med:.3f} batches/s; "
-             f"{100 * spread(between_share)['median']:.1f} % of lic_kd's time is spent outside training_step "
-             "(data loader, Lightning's loop, callbacks, logging, progress bar)"]
+    notes = [
+        f"lic_kd: {lic_med:.3f} batches/s, plain loop: {plain_med:.3f} batches/s; "
+        f"{100 * spread(between_share)['median']:.1f} % of lic_kd's time is spent outside training_step "
+        "(data loader, Lightning's loop, callbacks, logging, progress bar)"
+    ]
     return finish("train_step", args, env, settings, ratios, absolute, notes)
 
 

@@ -70,7 +70,7 @@ class ImageFolder(Dataset):
 
     Crops and flips draw from the dataset's own random stream (`seed`; a loader worker's own seed), not from
     torch's global one: a run's batches are then the same whatever its networks draw, so that students
-    trained together in one process (lic_kd.group) see exactly what each would see alone."""
+    trained together in one process (lic_kd.training.group) see exactly what each would see alone."""
 
     def __init__(self, paths: Sequence[Path], crop_size: int, train: bool, cache: bool = False, seed: int = 0) -> None:
         self.paths = list(paths)
@@ -102,8 +102,10 @@ class ImageFolder(Dataset):
         if self.generator is None:
             worker = get_worker_info()
             self.generator = torch.Generator().manual_seed(worker.seed if worker else self.seed)
-        top, left, flip_h, flip_v = (int(torch.randint(0, n, (1,), generator=self.generator))
-                                     for n in (height - size + 1, width - size + 1, 2, 2))
+        top, left, flip_h, flip_v = (
+            int(torch.randint(0, n, (1,), generator=self.generator))
+            for n in (height - size + 1, width - size + 1, 2, 2)
+        )
         img = img[:, top : top + size, left : left + size]
         if flip_h:
             img = img.flip(-1)
@@ -165,7 +167,9 @@ class ImageDataModule(L.LightningDataModule):
         self.train_paths, self.val_paths = self._split()
         self.eval_paths = list_images(eval_dir, eval_limit)
         # None: keep a folder of at most CACHE_MAX_IMAGES decoded in memory (a few hundred MB), stream the rest
-        self.cache_images = (layout == "folder" and len(self.train_paths) <= CACHE_MAX_IMAGES) if cache_images is None else cache_images
+        self.cache_images = (
+            (layout == "folder" and len(self.train_paths) <= CACHE_MAX_IMAGES) if cache_images is None else cache_images
+        )
 
     def _split(self) -> tuple[list[Path], list[Path]]:
         train_dirs = [self.train_dir] if isinstance(self.train_dir, (str, Path)) else list(self.train_dir)
@@ -186,8 +190,10 @@ class ImageDataModule(L.LightningDataModule):
         n_held = next(k for k, total in enumerate(accumulate(map(len, shuffled)), 1) if total >= n_val)
         if n_held == len(shuffled):
             unit = "Vimeo-90K sequence" if vimeo else "image"
-            raise DataError(f"{self.train_dir} has {len(shuffled)} {unit}{'s' if len(shuffled) != 1 else ''}: "
-                            "too few to hold out a validation split (or set data.val_dir)")
+            raise DataError(
+                f"{self.train_dir} has {len(shuffled)} {unit}{'s' if len(shuffled) != 1 else ''}: "
+                "too few to hold out a validation split (or set data.val_dir)"
+            )
         held = [p for g in shuffled[:n_held] for p in g]
         # One Vimeo-90K sequence is ~1 % of its frames, 10x data.val_fraction=0.001: validate on n_val of the
         # held-out frames, spread over their clips; the others are in neither split. A folder holds out n_val.

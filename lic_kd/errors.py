@@ -24,9 +24,17 @@ class ConfigError(UserError):
     """A configuration value that cannot work, found before any expensive work starts."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint that is missing or cannot be loaded; the message names it."""
+
+
 # What lic_kd raises about input, and what Hydra/OmegaConf raise about a command line or a config file.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OmegaConfBaseException, OverrideParseException,
-                                                MissingConfigException)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    OmegaConfBaseException,
+    OverrideParseException,
+    MissingConfigException,
+)
 
 
 def verbose() -> bool:

@@ -34,7 +34,9 @@ NEVER_CLEARS = {
     "QOSMaxWallDurationPerJobLimit": "a time limit above the QOS's",
     "AssocMaxWallDurationPerJobLimit": "a time limit above the association's",
     "BadConstraints": "the constraints cannot be met",
-    "Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_priority_partitions": "the nodes are down or drained",
+    "Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_priority_partitions": (
+        "the nodes are down or drained"
+    ),
 }
 
 
@@ -108,8 +110,10 @@ def check_request(params: dict[str, Any], available: dict[str, Partition]) -> No
     if name is None:
         default = [p for p in available.values() if p.is_default]
         if not default:
-            raise SlurmRequestError("no partition named and the cluster has no default one: set hydra.launcher.partition "
-                                    f"(partitions: {', '.join(available)})")
+            raise SlurmRequestError(
+                "no partition named and the cluster has no default one: set hydra.launcher.partition "
+                f"(partitions: {', '.join(available)})"
+            )
         part = default[0]
     elif name not in available:
         raise SlurmRequestError(f"hydra.launcher.partition={name} does not exist; partitions: {', '.join(available)}")
@@ -118,24 +122,34 @@ def check_request(params: dict[str, Any], available: dict[str, Partition]) -> No
     where = f"partition {part.name}"
     cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
     if cpus > part.max_cpus:
-        raise SlurmRequestError(f"hydra.launcher.cpus_per_task={params.get('cpus_per_task')} x tasks_per_node="
-                                f"{params.get('tasks_per_node') or 1} needs {cpus} CPUs on a node, but the largest node of {where} "
-                                f"has {part.max_cpus}: set hydra.launcher.cpus_per_task")
+        raise SlurmRequestError(
+            f"hydra.launcher.cpus_per_task={params.get('cpus_per_task')} x tasks_per_node="
+            f"{params.get('tasks_per_node') or 1} needs {cpus} CPUs on a node, but the largest node of {where} "
+            f"has {part.max_cpus}: set hydra.launcher.cpus_per_task"
+        )
     mem_gb = params.get("mem_gb")
     if mem_gb and mem_gb * 1024 > part.max_mem_mb:
-        raise SlurmRequestError(f"hydra.launcher.mem_gb={mem_gb} but the largest node of {where} has "
-                                f"{part.max_mem_mb / 1024:.1f} GB: set hydra.launcher.mem_gb")
+        raise SlurmRequestError(
+            f"hydra.launcher.mem_gb={mem_gb} but the largest node of {where} has "
+            f"{part.max_mem_mb / 1024:.1f} GB: set hydra.launcher.mem_gb"
+        )
     gpus = params.get("gpus_per_node") or 0
     if gpus > part.max_gpus:
-        raise SlurmRequestError(f"hydra.launcher.gpus_per_node={gpus} but the nodes of {where} have {part.max_gpus} GPUs: "
-                                "set hydra.launcher.gpus_per_node (or a GPU partition)")
+        raise SlurmRequestError(
+            f"hydra.launcher.gpus_per_node={gpus} but the nodes of {where} have {part.max_gpus} GPUs: "
+            "set hydra.launcher.gpus_per_node (or a GPU partition)"
+        )
     nodes = params.get("nodes") or 1
     if nodes > part.nodes:
-        raise SlurmRequestError(f"hydra.launcher.nodes={nodes} but {where} has {part.nodes} node(s): set hydra.launcher.nodes")
+        raise SlurmRequestError(
+            f"hydra.launcher.nodes={nodes} but {where} has {part.nodes} node(s): set hydra.launcher.nodes"
+        )
     timeout = params.get("timeout_min")
     if timeout and part.time_limit_min is not None and timeout > part.time_limit_min:
-        raise SlurmRequestError(f"hydra.launcher.timeout_min={timeout} but {where} allows {part.time_limit_min:g} minutes: "
-                                "set hydra.launcher.timeout_min (a requeued job resumes from last.ckpt)")
+        raise SlurmRequestError(
+            f"hydra.launcher.timeout_min={timeout} but {where} allows {part.time_limit_min:g} minutes: "
+            "set hydra.launcher.timeout_min (a requeued job resumes from last.ckpt)"
+        )
 
 
 def check_processes(trainer: dict[str, Any], params: dict[str, Any]) -> None:
@@ -147,9 +161,11 @@ def check_processes(trainer: dict[str, Any], params: dict[str, Any]) -> None:
         return
     tasks, nodes = params.get("tasks_per_node") or 1, params.get("nodes") or 1
     if (devices, num_nodes) != (tasks, nodes):
-        raise SlurmRequestError(f"trainer.devices={devices} x trainer.num_nodes={num_nodes} training processes, but the "
-                                f"SLURM job starts tasks_per_node={tasks} x nodes={nodes} tasks: set hydra.launcher.tasks_per_node="
-                                f"{devices} hydra.launcher.nodes={num_nodes} (one task per device)")
+        raise SlurmRequestError(
+            f"trainer.devices={devices} x trainer.num_nodes={num_nodes} training processes, but the "
+            f"SLURM job starts tasks_per_node={tasks} x nodes={nodes} tasks: set hydra.launcher.tasks_per_node="
+            f"{devices} hydra.launcher.nodes={num_nodes} (one task per device)"
+        )
 
 
 def job_states(job_ids: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -188,19 +204,25 @@ class JobWatcher(threading.Thread):
             if stuck:
                 job, reason = stuck[0]
                 key = reason.split(",")[0].strip("()")
-                self.fatal = (f"SLURM job {job} is pending with reason {key}: {NEVER_CLEARS[key]}; it would wait forever, "
-                              "so the sweep is cancelled: change the hydra.launcher request")
+                self.fatal = (
+                    f"SLURM job {job} is pending with reason {key}: {NEVER_CLEARS[key]}; it would wait forever, "
+                    "so the sweep is cancelled: change the hydra.launcher request"
+                )
                 log.error(self.fatal)
                 subprocess.run(["scancel", *ids], capture_output=True)
                 return
             if time.monotonic() - last_line >= self.every_s and states:
                 counts: dict[str, int] = {}
                 for _, state, reason in states:
-                    label = state.lower() + (f" ({reason})" if state == "PENDING" and reason not in ("", "None") else "")
+                    label = state.lower() + (
+                        f" ({reason})" if state == "PENDING" and reason not in ("", "None") else ""
+                    )
                     counts[label] = counts.get(label, 0) + 1
                 if self.n_jobs > len(states):
                     counts["finished (results.json or failure.json in each run dir)"] = self.n_jobs - len(states)
-                log.info("SLURM jobs %s: %s", ",".join(ids), ", ".join(f"{n} {label}" for label, n in sorted(counts.items())))
+                log.info(
+                    "SLURM jobs %s: %s", ",".join(ids), ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+                )
                 last_line = time.monotonic()
 
     def stop(self) -> None:

@@ -14,15 +14,22 @@ KODAK = REPO / "data" / "kodak"
 CBSD68 = REPO / "data" / "cbsd68"
 
 
-def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`python -m module args...` as a user would run it; output captured for the assertions."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -38,3 +45,16 @@ def teacher_sweep(tmp_path_factory) -> Path:
     sweep = tmp_path_factory.mktemp("teachers")
     train("-m", "role=teacher", "lmbda=0.005,0.02", f"hydra.sweep.dir={sweep}")
     return sweep
+
+
+def compose_config(overrides: list[str], name: str = "train"):
+    """The configuration `python -m lic_kd.{name} OVERRIDES` would run with (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import lic_kd.models.zoo  # noqa: F401  (the config resolvers)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # as in a run: ${hydra:...} resolves
+    return cfg

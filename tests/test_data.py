@@ -19,8 +19,15 @@ def make_vimeo(root, clips):
 
 def test_vimeo90k_septuplet_layout(tmp_path):
     make_vimeo(tmp_path, ["00001/0001", "00002/0001"])  # two sequences: one is held out
-    dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64, batch_size=4,
-                         val_fraction=0.2, eval_limit=1)
+    dm = ImageDataModule(
+        train_dir=str(tmp_path),
+        eval_dir=str(KODAK),
+        layout="vimeo90k",
+        crop_size=64,
+        batch_size=4,
+        val_fraction=0.2,
+        eval_limit=1,
+    )
     assert len(dm.train_paths) == 7 and len(dm.val_paths) == round(0.2 * 14)  # of the held-out sequence's 7
     dm.check()
     batch = next(iter(dm.train_dataloader()))
@@ -46,7 +53,9 @@ def test_small_images_are_padded_up_to_the_crop(tmp_path):
     assert next(iter(dm.train_dataloader())).shape == (2, 3, 64, 64)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"crop_size": 100}, "multiple of 64"), ({"layout": "lmdb"}, "'folder' or 'vimeo90k'")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"crop_size": 100}, "multiple of 64"), ({"layout": "lmdb"}, "'folder' or 'vimeo90k'")]
+)
 def test_bad_data_settings(kwargs, message):
     with pytest.raises(DataError, match=message):
         ImageDataModule(train_dir=str(CBSD68), eval_dir=str(KODAK), **kwargs)
@@ -58,7 +67,9 @@ def test_batches_depend_on_the_seed_alone_not_on_what_else_draws():
     import torch
 
     def batches(seed, draw_between):
-        loader = ImageDataModule(train_dir=str(CBSD68), eval_dir=str(KODAK), crop_size=64, batch_size=4, seed=seed).train_dataloader()
+        loader = ImageDataModule(
+            train_dir=str(CBSD68), eval_dir=str(KODAK), crop_size=64, batch_size=4, seed=seed
+        ).train_dataloader()
         out = []
         for batch in loader:
             out.append(batch)
@@ -93,15 +104,29 @@ def make_noise_vimeo(root, sequences=5, clips=3, side=64):
 def test_vimeo90k_validation_holds_out_whole_sequences(tmp_path, seed):
     """Frames of one clip (and clips of one sequence) are near duplicates: a sequence is wholly on one side."""
     make_noise_vimeo(tmp_path)
-    dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
-                         val_fraction=0.2, eval_limit=1, seed=seed)
+    dm = ImageDataModule(
+        train_dir=str(tmp_path),
+        eval_dir=str(KODAK),
+        layout="vimeo90k",
+        crop_size=64,
+        val_fraction=0.2,
+        eval_limit=1,
+        seed=seed,
+    )
     train, val = ({p.parent.parent.name for p in paths} for paths in (dm.train_paths, dm.val_paths))  # <seq>
     assert val and train and not train & val
     assert len(val) == 1 and len(dm.val_paths) == 3 * 7  # 0.2 of 5 sequences, each with all its clips' frames
     assert sorted(dm.train_paths + dm.val_paths) == sorted(tmp_path.glob("sequences/*/*/im*.png"))
     assert len({p.parent for p in dm.val_paths}) == 3 and len(dm.train_paths) == 4 * 3 * 7
-    again = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
-                            val_fraction=0.2, eval_limit=1, seed=seed)
+    again = ImageDataModule(
+        train_dir=str(tmp_path),
+        eval_dir=str(KODAK),
+        layout="vimeo90k",
+        crop_size=64,
+        val_fraction=0.2,
+        eval_limit=1,
+        seed=seed,
+    )
     assert again.val_paths == dm.val_paths and again.train_paths == dm.train_paths  # fixed for a seed
 
 
@@ -127,8 +152,9 @@ def test_vimeo90k_validation_keeps_its_configured_size(tmp_path):
     """A held-out sequence may hold more frames than data.val_fraction asks (one of Vimeo-90K's 96 is 10x its
     0.001): validation takes that many, spread over the sequence's clips, and the rest train nothing."""
     make_noise_vimeo(tmp_path)
-    dm = ImageDataModule(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
-                         val_fraction=0.1, eval_limit=1)
+    dm = ImageDataModule(
+        train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64, val_fraction=0.1, eval_limit=1
+    )
     assert len(dm.val_paths) == round(0.1 * 105) and len({p.parent for p in dm.val_paths}) == 3  # clips
     assert len({p.parent.parent for p in dm.val_paths}) == 1 and len(dm.train_paths) == 4 * 3 * 7
     assert not {p.parent.parent for p in dm.val_paths} & {p.parent.parent for p in dm.train_paths}

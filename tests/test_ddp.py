@@ -4,9 +4,9 @@ and as two tasks of one SLURM job; one results.json written by rank 0, resume wo
 import json
 
 import pytest
+from test_slurm import SLURM, slurm_answers
 
 from conftest import train
-from test_slurm import SLURM, slurm_answers
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu"]
 
@@ -40,5 +40,8 @@ def test_two_slurm_tasks_train_one_run(tmp_path):
 def test_processes_and_tasks_that_disagree_are_an_error_before_submission(tmp_path):
     proc = train("-m", *SLURM, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}", check=False)
     assert proc.returncode != 0
-    assert "trainer.devices=2 x trainer.num_nodes=1 training processes, but the SLURM job starts tasks_per_node=1" in proc.stderr
+    assert (
+        "trainer.devices=2 x trainer.num_nodes=1 training processes, but the SLURM job starts tasks_per_node=1"
+        in proc.stderr
+    )
     assert not (tmp_path / "sweep" / ".submitit").exists()

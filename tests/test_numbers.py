@@ -11,10 +11,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from conftest import compose_config as make
 from conftest import run_module, train
 from lic_kd.errors import ConfigError, run_cli
-from lic_kd.report import bd_table, distillation_table, rd_table
-from test_config import make
+from lic_kd.reporting.curves import rd_table
+from lic_kd.reporting.tables import bd_table, distillation_table
 
 
 def results(run_dir):
@@ -44,24 +45,53 @@ def test_kd_sweeps_that_differ_only_in_steps_or_in_the_teachers_content_are_sepa
 
 def record(role, metric, N=16, seed=1, scale=1.0, data="cbsd68"):
     """A results.json-like record of one run at each of 4 lambdas: rates `scale` times a reference curve."""
-    settings = {"role": role, "model.N": N, "model.M": 96, "objective.metric": metric, "data.train_dir": data,
-                "steps": 200, "student.init": "random"} | ({"loss.w_y": 0.3, "teacher.checkpoint": "t"} if role == "kd" else {})
-    return [{"run": {"role": role, "architecture": "ScaleHyperprior", "N": N, "M": 96, "lmbda": lmbda, "seed": seed,
-                     "steps": 200, "init": "random", "settings": settings, "run_dir": f"{role}-{metric}-{data}-{seed}-{lmbda}"},
-             "metrics": {"bpp": bpp * scale, "bpp_payload": bpp * scale, "psnr": psnr, "ms_ssim": 0.9}}
-            for lmbda, bpp, psnr in zip((0.001, 0.002, 0.004, 0.008), (0.2, 0.4, 0.8, 1.6), (28.0, 31.0, 34.0, 37.0))]
+    settings = {
+        "role": role,
+        "model.N": N,
+        "model.M": 96,
+        "objective.metric": metric,
+        "data.train_dir": data,
+        "steps": 200,
+        "student.init": "random",
+    } | ({"loss.w_y": 0.3, "teacher.checkpoint": "t"} if role == "kd" else {})
+    return [
+        {
+            "run": {
+                "role": role,
+                "architecture": "ScaleHyperprior",
+                "N": N,
+                "M": 96,
+                "lmbda": lmbda,
+                "seed": seed,
+                "steps": 200,
+                "init": "random",
+                "settings": settings,
+                "run_dir": f"{role}-{metric}-{data}-{seed}-{lmbda}",
+            },
+            "metrics": {"bpp": bpp * scale, "bpp_payload": bpp * scale, "psnr": psnr, "ms_ssim": 0.9},
+        }
+        for lmbda, bpp, psnr in zip((0.001, 0.002, 0.004, 0.008), (0.2, 0.4, 0.8, 1.6), (28.0, 31.0, 34.0, 37.0))
+    ]
 
 
 # 2. KD is paired with the plain student that matches it in everything but the role and the KD loss.
 def test_kd_is_paired_with_the_plain_student_of_its_own_objective_and_data():
-    runs = record("kd", "mse", scale=0.9) + record("student", "mse", scale=1.0) + record("student", "ms-ssim", scale=0.5) \
-        + record("kd", "mse", scale=0.9, data="wikipedia") + record("student", "mse", scale=1.0, data="vimeo")
+    runs = (
+        record("kd", "mse", scale=0.9)
+        + record("student", "mse", scale=1.0)
+        + record("student", "ms-ssim", scale=0.5)
+        + record("kd", "mse", scale=0.9, data="wikipedia")
+        + record("student", "mse", scale=1.0, data="vimeo")
+    )
     rd = rd_table(runs)
     assert rd["curve"].nunique() == 5  # objective and data make curves of their own
     table = distillation_table(rd, None, "pchip", "bpp", "psnr").set_index("kd_curve")
     paired = table[table["plain_curve"].notna()]
     assert len(paired) == 1 and paired["bd_rate_kd_vs_plain_pct"].iloc[0] == pytest.approx(-10.0, abs=1e-6)
-    assert "objective.metric=mse" in paired["plain_curve"].iloc[0] or "data.train_dir=cbsd68" in paired["plain_curve"].iloc[0]
+    assert (
+        "objective.metric=mse" in paired["plain_curve"].iloc[0]
+        or "data.train_dir=cbsd68" in paired["plain_curve"].iloc[0]
+    )
     alone = table[table["plain_curve"].isna()]
     assert len(alone) == 1 and alone["verdict"].iloc[0].startswith("no plain student trained the same way")
 
@@ -71,8 +101,13 @@ def test_a_diverging_run_stops_at_once_with_one_line(tmp_path):
     run = tmp_path / "run"
     proc = train("steps=40", "val_every=10", "optimizer.main.lr=1e3", f"hydra.run.dir={run}", check=False)
     assert proc.returncode == 2
-    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(line) == 1 and "training diverged at batch" in line[0] and "is nan" in line[0] and "last finite loss" in line[0]
+    line = [s for s in proc.stderr.splitlines() if s.startswith("error:")]
+    assert (
+        len(line) == 1
+        and "training diverged at batch" in line[0]
+        and "is nan" in line[0]
+        and "last finite loss" in line[0]
+    )
     assert "Traceback" not in proc.stderr
     failure = json.loads((run / "failure.json").read_text())["diverged"]
     assert failure["batch"] < 40 and failure["lr"] == 1e3
@@ -96,8 +131,13 @@ def test_in_a_group_the_diverging_student_stops_and_the_others_go_on(tmp_path):
         ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1e30  # finite weights whose loss is not
     torch.save(ckpt, tmp_path / "exploding.ckpt")
     group = tmp_path / "group"
-    proc = train("steps=6", "val_every=3", f"student.init=[random,{tmp_path / 'exploding.ckpt'}]", f"hydra.run.dir={group}",
-                 check=False)
+    proc = train(
+        "steps=6",
+        "val_every=3",
+        f"student.init=[random,{tmp_path / 'exploding.ckpt'}]",
+        f"hydra.run.dir={group}",
+        check=False,
+    )
     assert proc.returncode == 2 and "student(s) N8-init1 diverged" in proc.stderr
     assert results(group / "N8-random")["run"]["steps"] == 6  # the other student trained its whole budget
     failure = json.loads((group / "N8-init1" / "failure.json").read_text())
@@ -124,8 +164,10 @@ def test_the_default_plateau_patience_is_a_fifth_of_the_budget_and_old_milestone
     scheduler = instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
     assert scheduler.patience == 2  # it can act within the default budget's 10 validations
     with pytest.raises(Exception, match="fractions of the training budget"):  # Hydra wraps it; the CLI prints it
-        instantiate(make(["experiment=demo", "scheduler.milestones=[3]"]).scheduler,
-                    optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+        instantiate(
+            make(["experiment=demo", "scheduler.milestones=[3]"]).scheduler,
+            optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+        )
 
 
 # 7. A budget that is not a multiple of val_every ends with a validation.
@@ -133,7 +175,11 @@ def test_the_last_batches_are_validated(tmp_path):
     run = tmp_path / "run"
     train("steps=5", "val_every=2", f"hydra.run.dir={run}")
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
-    assert sorted(metrics.dropna(subset=["val/loss"])["step"].tolist()) == [1, 3, 4]  # after batches 2, 4 and 5 (logged 0-based)
+    assert sorted(metrics.dropna(subset=["val/loss"])["step"].tolist()) == [
+        1,
+        3,
+        4,
+    ]  # after batches 2, 4 and 5 (logged 0-based)
 
 
 # 8. A quality preset and an experiment that both set the widths: an error, not a silent winner.
@@ -157,8 +203,10 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys):
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: student.N must be positive, got -1\n")
 
 
-@pytest.mark.parametrize("module, args", [("lic_kd.report", ["does-not-exist", "--name", "x"]),
-                                          ("lic_kd.export", ["does-not-exist", "out.pth"])])
+@pytest.mark.parametrize(
+    "module, args",
+    [("lic_kd.report", ["does-not-exist", "--name", "x"]), ("lic_kd.teachers.export", ["does-not-exist", "out.pth"])],
+)
 def test_every_command_exits_with_the_same_status_on_a_user_error(module, args, tmp_path):
     proc = run_module(module, *args, cwd=tmp_path, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -167,8 +215,8 @@ def test_every_command_exits_with_the_same_status_on_a_user_error(module, args, 
 
 # 11. bpp of the file and of the payload (the strings alone, as eval_model counts); published curves use payload.
 def test_payload_bpp_counts_the_strings_and_is_used_against_published_curves(tmp_path):
-    from lic_kd.codec import read_bitstream
     from lic_kd.data import load_rgb
+    from lic_kd.evaluation.coding import read_bitstream
 
     run = tmp_path / "run"
     train(f"hydra.run.dir={run}")
@@ -181,8 +229,13 @@ def test_payload_bpp_counts_the_strings_and_is_used_against_published_curves(tmp
     ours = record("teacher", "mse")
     for rec in ours:
         rec["metrics"]["bpp_payload"] = rec["metrics"]["bpp"] * 0.5
-    published = [{"run": {"role": "reference", "architecture": "published", "quality": i + 1, "run_dir": "ref"},
-                  "metrics": {"bpp": rec["metrics"]["bpp"] * 0.5, "psnr": rec["metrics"]["psnr"]}} for i, rec in enumerate(ours)]
+    published = [
+        {
+            "run": {"role": "reference", "architecture": "published", "quality": i + 1, "run_dir": "ref"},
+            "metrics": {"bpp": rec["metrics"]["bpp"] * 0.5, "psnr": rec["metrics"]["psnr"]},
+        }
+        for i, rec in enumerate(ours)
+    ]
     bd = bd_table(rd_table(ours + published), rd_table(ours)["curve"].iloc[0], "pchip", "bpp", "psnr")
     row = bd[bd["curve"] == "published [ref]"].iloc[0]
     assert row["rate"] == "bpp_payload" and row["bd_rate_pct"] == pytest.approx(0.0, abs=1e-6)
@@ -192,8 +245,20 @@ def test_scheduler_none_beside_a_preset_that_tunes_its_schedule_is_a_constant_ra
     """experiment=demo sets scheduler.milestones; scheduler=none with it trains at a constant rate (it used to
     crash inside Lightning on a schedule config without a _target_)."""
     run = tmp_path / "run"
-    run_module("lic_kd.train", "experiment=demo", "scheduler=none", "steps=2", "val_every=2", "student.N=8", "student.M=16",
-               "data.crop_size=64", "data.val_crop_size=64", "data.batch_size=2", "data.eval_limit=1", f"hydra.run.dir={run}")
+    run_module(
+        "lic_kd.train",
+        "experiment=demo",
+        "scheduler=none",
+        "steps=2",
+        "val_every=2",
+        "student.N=8",
+        "student.M=16",
+        "data.crop_size=64",
+        "data.val_crop_size=64",
+        "data.batch_size=2",
+        "data.eval_limit=1",
+        f"hydra.run.dir={run}",
+    )
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["lr_schedulers"] == [] and last["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-3
     assert (run / "results.json").is_file()

@@ -26,7 +26,8 @@ def slurm_answers() -> bool:
 
 pytestmark = pytest.mark.skipif(
     not slurm_answers(),
-    reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` (scripts/slurm-local.sh up, as root)",
+    reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` "
+    "(scripts/slurm-local.sh up, as root)",
 )
 
 # The preset for the repository's own cluster, as a user runs it (one CPU and 2 GB per job).
@@ -38,9 +39,15 @@ def sacct(job_id: str, settle_s: float = 30) -> pd.DataFrame:
     job's end by a moment: submitit may have its result before slurmdbd has the final state)."""
     deadline = time.monotonic() + settle_s
     while True:
-        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,Start,End"],
-                             capture_output=True, text=True, check=True).stdout
-        table = pd.DataFrame([line.split("|") for line in out.strip().splitlines()], columns=["job", "state", "start", "end"])
+        out = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,Start,End"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        table = pd.DataFrame(
+            [line.split("|") for line in out.strip().splitlines()], columns=["job", "state", "start", "end"]
+        )
         if not table["state"].isin(["PENDING", "RUNNING"]).any() or time.monotonic() > deadline:
             return table
         time.sleep(1)
@@ -97,15 +104,30 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
     from conftest import REPO
 
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "lic_kd.train", "-m", "experiment=smoke", *SLURM, "steps=500", "val_every=50",
-            "student.N=8", f"hydra.sweep.dir={sweep}"]
+    args = [
+        sys.executable,
+        "-m",
+        "lic_kd.train",
+        "-m",
+        "experiment=smoke",
+        *SLURM,
+        "steps=500",
+        "val_every=50",
+        "student.N=8",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
     deadline, job, batch = time.monotonic() + 600, None, 0
     while time.monotonic() < deadline and proc.poll() is None and batch < 100:
         time.sleep(1)
-        if job is None and (sweep / ".submitit").is_dir():  # submitit: a folder per job (<id>, or <id>_<task> in an array)
-            job = next((p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)), None)
+        if (
+            job is None and (sweep / ".submitit").is_dir()
+        ):  # submitit: a folder per job (<id>, or <id>_<task> in an array)
+            job = next(
+                (p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)),
+                None,
+            )
         if last.is_file():
             try:
                 batch = torch.load(last, map_location="cpu", weights_only=False)["global_step"] // 2
@@ -125,7 +147,9 @@ def test_a_signalled_job_is_requeued_and_resumes(tmp_path):
     assert json.loads((run / "results.json").read_text())["run"]["steps"] == 500
     assert list(sweep.glob("*/results.json")) == [run / "results.json"]  # exactly one result
     assert "REQUEUED" in sacct(job)["state"].tolist()
-    resumed_at = [int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 500", (run / "train.log").read_text())]
+    resumed_at = [
+        int(b) for b in re.findall(r"resuming from \S+ at batch (\d+) of 500", (run / "train.log").read_text())
+    ]
     assert len(resumed_at) == 1 and resumed_at[0] >= 100  # from the checkpoint it had, not from scratch
 
 
@@ -136,7 +160,10 @@ def test_an_impossible_request_is_an_error_before_anything_is_submitted(tmp_path
     proc = train("-m", "launcher=slurm", "student.N=8,16", f"hydra.sweep.dir={sweep}", check=False, timeout=300)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
-    assert "hydra.launcher.cpus_per_task=8 x tasks_per_node=1 needs 8 CPUs on a node, but the largest node of partition" in proc.stderr
+    assert (
+        "hydra.launcher.cpus_per_task=8 x tasks_per_node=1 needs 8 CPUs on a node, but the largest node of partition"
+        in proc.stderr
+    )
     assert not (sweep / ".submitit").exists() and elapsed < 60
 
 
@@ -144,8 +171,16 @@ def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled(tmp_path):
     """The watcher a sweep runs while it waits: a job SLURM holds for PartitionConfig is cancelled, with the reason."""
     from lic_kd.slurm import JobWatcher
 
-    job = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=64", "--mem=100M", "--wrap", "sleep 1"],
-                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    job = (
+        subprocess.run(
+            ["sbatch", "--parsable", "--cpus-per-task=64", "--mem=100M", "--wrap", "sleep 1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     (tmp_path / ".submitit" / f"{job}_0").mkdir(parents=True)  # submitit's layout: one folder per job
     watcher = JobWatcher(tmp_path / ".submitit", n_jobs=1, poll_s=1)
     watcher.start()

@@ -40,20 +40,31 @@ def test_smoke_run_writes_results_with_real_bitstreams(tmp_path):
 
 def test_sweep_of_students_and_kd_students_then_report(teacher_sweep, tmp_path):
     students = tmp_path / "students"
-    proc = train("-m", "role=student,kd", "student.N=8,16", "lmbda=0.005,0.02", f"teacher.checkpoint={teacher_sweep}",
-                 f"hydra.sweep.dir={students}")
+    proc = train(
+        "-m",
+        "role=student,kd",
+        "student.N=8,16",
+        "lmbda=0.005,0.02",
+        f"teacher.checkpoint={teacher_sweep}",
+        f"hydra.sweep.dir={students}",
+    )
     runs = sorted(students.glob("*/results.json"))
     assert len(runs) == 8, proc.stderr[-2000:]
     kd = [json.loads(p.read_text())["run"] for p in runs if json.loads(p.read_text())["run"]["role"] == "kd"]
     assert len(kd) == 4
     for run in kd:  # each KD student was distilled from the teacher trained at its own lambda
-        teacher_dir = [p.parent for p in teacher_sweep.glob("*/results.json")
-                       if json.loads(p.read_text())["run"]["lmbda"] == run["lmbda"]][0]
+        teacher_dir = [
+            p.parent
+            for p in teacher_sweep.glob("*/results.json")
+            if json.loads(p.read_text())["run"]["lmbda"] == run["lmbda"]
+        ][0]
         assert run["teacher"]["checkpoint"] == str(teacher_sweep)
         assert run["loss"] == "kd" and run["loss_weights"]["w_y"] == 0.3
         assert teacher_dir.is_dir()
 
-    report = run_module("lic_kd.report", str(teacher_sweep), str(students), "--name", "t", "--out-root", str(tmp_path / "rep"))
+    report = run_module(
+        "lic_kd.report", str(teacher_sweep), str(students), "--name", "t", "--out-root", str(tmp_path / "rep")
+    )
     out = tmp_path / "rep" / "t"
     rd = pd.read_csv(out / "rd_table.csv")
     assert len(rd) == 10 and set(rd["role"]) == {"teacher", "student", "kd"}
@@ -67,7 +78,11 @@ def test_sweep_of_students_and_kd_students_then_report(teacher_sweep, tmp_path):
         assert (out / figure).stat().st_size > 10_000, figure
         assert f"({figure})" in (out / "report.md").read_text()
     complexity = pd.read_csv(out / "complexity.csv")
-    assert set(complexity["N"]) == {8, 16} and (complexity["kmac_decoder"] > 0).all() and (complexity["decoder_fps"] > 0).all()
+    assert (
+        set(complexity["N"]) == {8, 16}
+        and (complexity["kmac_decoder"] > 0).all()
+        and (complexity["decoder_fps"] > 0).all()
+    )
     exported = json.loads((out / "curves" / "kd-N16-M16.json").read_text())
     assert exported["name"] == "kd-N16-M16" and len(exported["results"]["bpp"]) == 2
 
@@ -116,7 +131,9 @@ def test_evaluate_entry_point_codes_a_folder(teacher_sweep, tmp_path):
     images.mkdir()
     for name in ("101085.png", "101087.png"):
         Image.open(CBSD68 / name).crop((0, 0, 200, 170)).save(images / name)
-    run_module("lic_kd.evaluate", f"checkpoint={teacher_sweep / '0'}", f"images={images}", f"hydra.run.dir={tmp_path / 'ev'}")
+    run_module(
+        "lic_kd.evaluate", f"checkpoint={teacher_sweep / '0'}", f"images={images}", f"hydra.run.dir={tmp_path / 'ev'}"
+    )
     r = results(tmp_path / "ev")
     assert r["run"]["role"] == "teacher" and r["metrics"]["n_images"] == 2
     assert len(list((tmp_path / "ev" / "bitstreams").glob("*.lkd"))) == 2
@@ -131,21 +148,26 @@ def bad_run(tmp_path, *args):
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("override, message", [
-    ("student.N=0", "network width N must be a positive integer, got 0"),
-    ("student.M=-4", "network width M must be a positive integer, got -4"),
-    ("lmbda=0", "lmbda must be > 0, got 0"),
-    ("steps=0", "steps must be a positive integer"),
-    ("data.train_dir=/no/such/dir", "image folder does not exist: /no/such/dir"),
-    ("threads=0", "threads must be a positive number of CPU threads or null, got 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("student.N=0", "network width N must be a positive integer, got 0"),
+        ("student.M=-4", "network width M must be a positive integer, got -4"),
+        ("lmbda=0", "lmbda must be > 0, got 0"),
+        ("steps=0", "steps must be a positive integer"),
+        ("data.train_dir=/no/such/dir", "image folder does not exist: /no/such/dir"),
+        ("threads=0", "threads must be a positive number of CPU threads or null, got 0"),
+    ],
+)
 def test_bad_values_fail_with_a_clear_message(tmp_path, override, message):
     assert message in bad_run(tmp_path, override)
 
 
 def test_kd_without_teacher_or_with_a_missing_checkpoint(tmp_path):
     assert "role=kd needs a teacher" in bad_run(tmp_path, "role=kd")
-    assert "checkpoint not found: /no/teacher.ckpt" in bad_run(tmp_path, "role=kd", "teacher.checkpoint=/no/teacher.ckpt")
+    assert "checkpoint not found: /no/teacher.ckpt" in bad_run(
+        tmp_path, "role=kd", "teacher.checkpoint=/no/teacher.ckpt"
+    )
 
 
 def test_kd_shape_mismatch_is_an_error_before_training(teacher_sweep, tmp_path):
@@ -178,8 +200,15 @@ def test_report_lists_a_failed_run(tmp_path):
 
 def test_kd_on_z_with_a_thin_student_whose_hyper_latent_matches_the_teacher(teacher_sweep, tmp_path):
     run = tmp_path / "run"
-    train("role=kd", f"teacher.checkpoint={teacher_sweep / '0'}", "model=bmshj2018-hyperprior-hyperwidth",
-          "student.N=4", "model.hyper_N=8", "loss.w_z=0.5", f"hydra.run.dir={run}")
+    train(
+        "role=kd",
+        f"teacher.checkpoint={teacher_sweep / '0'}",
+        "model=bmshj2018-hyperprior-hyperwidth",
+        "student.N=4",
+        "model.hyper_N=8",
+        "loss.w_z=0.5",
+        f"hydra.run.dir={run}",
+    )
     r = results(run)
     assert r["run"]["N"] == 4 and r["run"]["loss_weights"]["w_z"] == 0.5
     assert r["run"]["architecture"] == "ScaleHyperpriorHyperWidth"

@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 from conftest import KODAK, run_module, train
-from lic_kd.codec import pad, reconstruct_image, to_8bit
 from lic_kd.data import load_rgb, to_tensor
-from lic_kd.models import Autoencoder, capture_latents, load_net
-from lic_kd.module import CodecModule
+from lic_kd.evaluation.coding import pad, reconstruct_image
+from lic_kd.metrics import to_8bit
+from lic_kd.models.checkpoints import load_net
+from lic_kd.models.networks import Autoencoder, capture_latents
+from lic_kd.training.module import CodecModule
 
 
 def results(run_dir):
@@ -75,8 +77,17 @@ def test_autoencoder_kd_sweep_reports_quality_without_rate(tmp_path):
 
 def test_autoencoder_trained_for_ms_ssim(tmp_path):
     run = tmp_path / "msssim"
-    train("model=autoencoder", "role=teacher", "objective.metric=ms-ssim", "data.crop_size=192", "data.val_crop_size=192",
-          "steps=20", "val_every=10", "optimizer.main.lr=1e-3", f"hydra.run.dir={run}")
+    train(
+        "model=autoencoder",
+        "role=teacher",
+        "objective.metric=ms-ssim",
+        "data.crop_size=192",
+        "data.val_crop_size=192",
+        "steps=20",
+        "val_every=10",
+        "optimizer.main.lr=1e-3",
+        f"hydra.run.dir={run}",
+    )
     assert results(run)["run"]["objective"] == {"metric": "ms-ssim"}
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
     val = metrics["val/loss"].dropna().to_numpy()  # 1 - MS-SSIM
@@ -86,8 +97,16 @@ def test_autoencoder_trained_for_ms_ssim(tmp_path):
 
 def test_codec_trained_for_ms_ssim_rate_distortion(tmp_path):
     run = tmp_path / "codec_msssim"
-    train("role=teacher", "objective.metric=ms-ssim", "lmbda=8", "data.crop_size=192", "data.val_crop_size=192",
-          "steps=4", "val_every=2", f"hydra.run.dir={run}")
+    train(
+        "role=teacher",
+        "objective.metric=ms-ssim",
+        "lmbda=8",
+        "data.crop_size=192",
+        "data.val_crop_size=192",
+        "steps=4",
+        "val_every=2",
+        f"hydra.run.dir={run}",
+    )
     r = results(run)
     assert r["run"]["objective"] == {"lmbda": 8, "metric": "ms-ssim"} and r["metrics"]["bpp"] > 0
     assert {"val/ms_ssim", "val/bpp"} <= set(pd.read_csv(run / "csv" / "metrics.csv").columns)
@@ -95,10 +114,14 @@ def test_codec_trained_for_ms_ssim_rate_distortion(tmp_path):
 
 def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep):
     module = CodecModule(
-        net={"_target_": "lic_kd.models.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
-        loss={"_target_": "lic_kd.losses.DistillationLoss", "task": {"_target_": "lic_kd.losses.make_rd_loss", "lmbda": 0.02},
-              "w_z": 0.3},
-        optimizer={}, role="kd",
+        net={"_target_": "lic_kd.models.networks.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
+        loss={
+            "_target_": "lic_kd.training.losses.DistillationLoss",
+            "task": {"_target_": "lic_kd.training.losses.make_rd_loss", "lmbda": 0.02},
+            "w_z": 0.3,
+        },
+        optimizer={},
+        role="kd",
         teacher={"checkpoint": str(teacher_sweep), "z_checkpoint": str(teacher_sweep), "z_lmbda": 0.005},
     )
     module.check_kd_shapes()
@@ -115,25 +138,57 @@ def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teache
 
 def test_hybrid_kd_run_reduces_its_loss_and_is_its_own_curve_in_the_report(teacher_sweep, tmp_path):
     run = tmp_path / "hybrid"
-    train("role=kd_hybrid", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}", f"teacher.z_checkpoint={teacher_sweep}",
-          "teacher.z_lmbda=0.005", "model=bmshj2018-hyperprior-hyperwidth", "student.N=4", "model.hyper_N=8",
-          "steps=30", "val_every=10", "optimizer.main.lr=1e-3", f"hydra.run.dir={run}")
+    train(
+        "role=kd_hybrid",
+        "lmbda=0.02",
+        f"teacher.checkpoint={teacher_sweep}",
+        f"teacher.z_checkpoint={teacher_sweep}",
+        "teacher.z_lmbda=0.005",
+        "model=bmshj2018-hyperprior-hyperwidth",
+        "student.N=4",
+        "model.hyper_N=8",
+        "steps=30",
+        "val_every=10",
+        "optimizer.main.lr=1e-3",
+        f"hydra.run.dir={run}",
+    )
     r = results(run)["run"]
     assert r["kd_variant"] == "hybrid" and r["teacher"]["z_lmbda"] == 0.005 and r["loss_weights"]["w_z"] == 0.3
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
     assert {"train/kd_z", "train/kd_y", "train/kd_x"} <= set(metrics.columns)
     kd_loss = metrics["val/kd_loss"].dropna().to_numpy()
     assert len(kd_loss) == 3 and kd_loss[-1] < kd_loss[0], kd_loss
-    run_module("lic_kd.report", str(teacher_sweep), str(run), "--name", "h", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    run_module(
+        "lic_kd.report",
+        str(teacher_sweep),
+        str(run),
+        "--name",
+        "h",
+        "--out-root",
+        str(tmp_path / "rep"),
+        "--no-figures",
+    )
     rd = pd.read_csv(tmp_path / "rep" / "h" / "rd_table.csv")
     assert "kd-hybrid-ScaleHyperpriorHyperWidth-N4-M16" in set(rd["curve"])
 
 
 def test_kd_on_y_z_and_x_hat_with_mse_and_kl_reduce_their_loss(teacher_sweep, tmp_path):
     sweep = tmp_path / "kd"
-    train("-m", "role=kd", "loss.latent_criterion=mse,kl", "loss.w_z=0.3", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}",
-          "model=bmshj2018-hyperprior-hyperwidth", "student.N=4", "model.hyper_N=8", "steps=30", "val_every=10",
-          "optimizer.main.lr=1e-3", f"hydra.sweep.dir={sweep}")
+    train(
+        "-m",
+        "role=kd",
+        "loss.latent_criterion=mse,kl",
+        "loss.w_z=0.3",
+        "lmbda=0.02",
+        f"teacher.checkpoint={teacher_sweep}",
+        "model=bmshj2018-hyperprior-hyperwidth",
+        "student.N=4",
+        "model.hyper_N=8",
+        "steps=30",
+        "val_every=10",
+        "optimizer.main.lr=1e-3",
+        f"hydra.sweep.dir={sweep}",
+    )
     runs = sorted(p.parent for p in sweep.glob("*/results.json"))
     assert [results(run)["run"]["loss_weights"]["latent_criterion"] for run in runs] == ["mse", "kl"]
     for run in runs:
@@ -151,23 +206,45 @@ def bad_run(tmp_path, *args):
 
 
 def test_variant_misconfigurations_fail_before_training(teacher_sweep, tmp_path):
-    assert "this configuration needs teacher.z_checkpoint: set it on the command line" in bad_run(tmp_path, "role=kd_hybrid", f"teacher.checkpoint={teacher_sweep}")
-    assert "set loss.w_z > 0" in bad_run(tmp_path, "role=kd_hybrid", "loss.w_z=0", "lmbda=0.02", f"teacher.checkpoint={teacher_sweep}",
-                                         f"teacher.z_checkpoint={teacher_sweep / '0'}")
+    assert "this configuration needs teacher.z_checkpoint: set it on the command line" in bad_run(
+        tmp_path, "role=kd_hybrid", f"teacher.checkpoint={teacher_sweep}"
+    )
+    assert "set loss.w_z > 0" in bad_run(
+        tmp_path,
+        "role=kd_hybrid",
+        "loss.w_z=0",
+        "lmbda=0.02",
+        f"teacher.checkpoint={teacher_sweep}",
+        f"teacher.z_checkpoint={teacher_sweep / '0'}",
+    )
     assert "Autoencoder has no entropy model: train it with objective=reconstruction" in bad_run(
-        tmp_path, "model=autoencoder", "objective=rd")
-    assert "ScaleHyperprior has an entropy model: train it with objective=rd" in bad_run(tmp_path, "objective=reconstruction")
+        tmp_path, "model=autoencoder", "objective=rd"
+    )
+    assert "ScaleHyperprior has an entropy model: train it with objective=rd" in bad_run(
+        tmp_path, "objective=reconstruction"
+    )
     assert "objective.metric=ms-ssim needs training and validation crops of at least 161 px" in bad_run(
-        tmp_path, "model=autoencoder", "objective.metric=ms-ssim")
+        tmp_path, "model=autoencoder", "objective.metric=ms-ssim"
+    )
 
 
 def test_hybrid_kd_with_one_teacher_twice_is_kd_on_z_and_every_role_sees_the_same_batches(teacher_sweep, tmp_path):
     """Loading teachers leaves the run's random stream alone: a plain student, a KD student and a hybrid KD
     student whose two teachers are one train on the same crops, and the last two are the same run."""
-    common = ["lmbda=0.02", f"teacher.checkpoint={teacher_sweep}", "model=bmshj2018-hyperprior-hyperwidth", "student.N=4",
-              "model.hyper_N=8", "steps=6", "data.eval_limit=1"]
-    variants = {"student": ["role=student"], "kd_z": ["role=kd", "loss.w_z=0.3"],
-                "hybrid": ["role=kd_hybrid", f"teacher.z_checkpoint={teacher_sweep}", "teacher.z_lmbda=0.02"]}
+    common = [
+        "lmbda=0.02",
+        f"teacher.checkpoint={teacher_sweep}",
+        "model=bmshj2018-hyperprior-hyperwidth",
+        "student.N=4",
+        "model.hyper_N=8",
+        "steps=6",
+        "data.eval_limit=1",
+    ]
+    variants = {
+        "student": ["role=student"],
+        "kd_z": ["role=kd", "loss.w_z=0.3"],
+        "hybrid": ["role=kd_hybrid", f"teacher.z_checkpoint={teacher_sweep}", "teacher.z_lmbda=0.02"],
+    }
     logs = {}
     for name, args in variants.items():
         train(*common, *args, f"hydra.run.dir={tmp_path / name}")

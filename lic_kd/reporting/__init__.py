@@ -1,0 +1,1 @@
+"""Reports from results.json files alone: RD tables, BD-rates, comparisons and figures."""

@@ -1,0 +1,1 @@
+"""Teachers shipped: exported in CompressAI's format, and ladders of them with their provenance."""

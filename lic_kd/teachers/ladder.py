@@ -1,0 +1,221 @@
+"""Shipping a teacher ladder (`python -m lic_kd.teachers.ladder SWEEP OUT --base RUN --command ...`): every
+finished run of a teacher sweep exported in CompressAI's format, with its provenance in ladder.json
+(lic_kd.models.ladder reads it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lic_kd.errors import run_cli
+from lic_kd.models.checkpoints import load_net
+from lic_kd.models.ladder import LADDER_FILE, LadderError, read_ladder
+from lic_kd.results import read_results
+from lic_kd.teachers.export import export_compressai
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _machine() -> dict[str, Any]:
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else None
+    )
+    return {
+        "host": platform.node(),
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def training_time(result: dict[str, Any]) -> tuple[float, list[int]]:
+    """A finished run's wall time, resumed segments included, and the batches it was resumed at, from its
+    results.json: the segments its checkpoints recorded before the last, plus the last one's wall time
+    (training and evaluation). A run recorded without segments: its wall time, no resumes known."""
+    segments = (result["run"].get("training") or {}).get("segments") or []
+    earlier = sum(s["seconds"] for s in segments[:-1])
+    return earlier + float(result["wall_time_s"]), [s["from_batch"] for s in segments[1:]]
+
+
+def build_ladder(
+    sweep_dir: Path, out_dir: Path, name: str, command: str, base_dir: Path | None = None, note: str | None = None
+) -> dict[str, Any]:
+    """Export every finished run of a teacher sweep into a ladder directory (weights, ladder.json, SHA256SUMS)."""
+
+    runs = sorted((read_results(p) for p in Path(sweep_dir).glob("*/results.json")), key=lambda r: r["run"]["lmbda"])
+    if not runs:
+        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+    base = read_results(base_dir / "results.json") if base_dir else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.pth.tar"):
+        old.unlink()
+    base_record, base_wall = None, 0.0
+    if base is not None:
+        base_wall, resumes = training_time(base)  # resumed segments included
+        net, _ = load_net(base_dir)
+        path, digest = export_compressai(net, out_dir / f"{name}-base-lmbda{base['run']['lmbda']:g}.pth.tar")
+        base_record = {
+            "lmbda": base["run"]["lmbda"],
+            "file": path.name,
+            "sha256": digest,
+            "seed": base["run"].get("seed"),
+            "steps_total": base["run"].get("steps"),
+            "wall_time_s": round(base_wall, 1),
+            "resumed_at_batches": resumes,
+            "kodak": {k: base["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+        }
+    base_steps = (base or {}).get("run", {}).get("steps") or 0
+    rungs = [_export_rung(r, out_dir, name, base_steps, base_wall, "base" if base else None) for r in runs]
+    first = runs[0]["run"]
+    net_cfg = torch.load(Path(first["checkpoint"]), map_location="cpu", weights_only=False)["hyper_parameters"]["net"]
+    ladder = {
+        "name": name,
+        "architecture": net_cfg["_target_"],
+        **{k: v for k, v in net_cfg.items() if k != "_target_"},
+        "metric": (first.get("objective") or {}).get("metric", "mse"),
+        "command": command,
+        "commit": _git_commit(),
+        "data": {
+            "train": _train_dirs(Path(first["run_dir"])),
+            "evaluation": "Kodak (24 images), coded for real, never trained on",
+        },
+        "machine": _machine(),
+        "notes": note,
+        "base": base_record,
+        "rungs": rungs,
+    }
+    (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
+    files = rungs + ([base_record] if base_record else [])
+    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in files))
+    return ladder
+
+
+def _export_rung(
+    result: dict[str, Any], out_dir: Path, name: str, base_steps: int, base_wall: float, init: str | None
+) -> dict[str, Any]:
+    """Export one finished teacher run into the ladder directory; its record (steps and wall time include
+    those of the base it was fine-tuned from)."""
+
+    run = result["run"]
+    net, _ = load_net(run["run_dir"])
+    path, digest = export_compressai(net, out_dir / f"{name}-lmbda{run['lmbda']:g}.pth.tar")
+    return {
+        "lmbda": run["lmbda"],
+        "file": path.name,
+        "sha256": digest,
+        "seed": run.get("seed"),
+        "steps_base": base_steps or None,
+        "steps_finetune": run.get("steps"),
+        "steps_total": base_steps + (run.get("steps") or 0),
+        "wall_time_s": round(training_time(result)[0] + base_wall, 1),  # the rung's own run plus its base's
+        "init": init,
+        "kodak": {k: result["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+    }
+
+
+def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None = None) -> dict[str, Any]:
+    """Add the finished runs of a sweep fine-tuned from this ladder's base (`student.init=<its base file>`)
+    to the ladder as new rungs, each with its own command and commit; a rung at the same lambda is replaced."""
+
+    ladder = read_ladder(out_dir)
+    base = ladder.get("base") or {}
+    runs = [read_results(p) for p in Path(sweep_dir).glob("*/results.json")]
+    if not runs:
+        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+    added = []
+    for r in runs:
+        init = Path(str(r["run"].get("init") or "")).name
+        if init != base.get("file"):
+            raise LadderError(
+                f"{r['run']['run_dir']} was initialised from {r['run'].get('init')!r}, not from this ladder's base "
+                f"{base.get('file')}: rungs of one ladder share its base"
+            )
+        rung = _export_rung(
+            r, out_dir, ladder["name"], base.get("steps_total") or 0, base.get("wall_time_s") or 0.0, "base"
+        )
+        added.append(rung | {"command": command, "commit": _git_commit()})
+    new_lambdas = {r["lmbda"] for r in added}
+    kept = [r for r in ladder["rungs"] if r["lmbda"] not in new_lambdas]
+    for old in set(r["file"] for r in ladder["rungs"]) - set(r["file"] for r in kept):
+        (out_dir / old).unlink(missing_ok=True)
+    ladder["rungs"] = sorted(kept + added, key=lambda r: r["lmbda"])
+    if note:
+        ladder["notes"] = " ".join(filter(None, [ladder.get("notes"), note]))
+    (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
+    files = ladder["rungs"] + ([base] if base else [])
+    (out_dir / "SHA256SUMS").write_text("".join(f"{r['sha256']}  {r['file']}\n" for r in files))
+    return ladder
+
+
+def _train_dirs(run_dir: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    train = cfg.data.train_dir
+    names = [str(d).split("/")[-1] for d in (train if not isinstance(train, str) else [train])]
+    return {"folders": names, "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ship a finished sweep of teachers as a ladder (weights + provenance)")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--name", default=None, help="file name stem (default: the out_dir's name)")
+    parser.add_argument(
+        "--base", type=Path, default=None, help="run dir of the base teacher the rungs were fine-tuned from"
+    )
+    parser.add_argument("--command", required=True, help="the exact command that trained the ladder")
+    parser.add_argument("--note", default=None, help="anything else a reader of the provenance should know")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add the sweep's runs (fine-tuned from the ladder's base) to the existing ladder OUT_DIR",
+    )
+    args = parser.parse_args()
+    if args.append:
+        ladder = append_rungs(args.sweep_dir, args.out_dir, args.command, args.note)
+    else:
+        ladder = build_ladder(
+            args.sweep_dir, args.out_dir, args.name or args.out_dir.name, args.command, args.base, args.note
+        )
+    for r in ladder["rungs"]:
+        k = r["kodak"]
+        print(
+            f"lmbda {r['lmbda']:<7g} bpp {k['bpp']:.4f}  PSNR {k['psnr']:.2f} dB  MS-SSIM {k['ms_ssim']:.4f}  "
+            f"{r['file']}"
+        )
+
+
+if __name__ == "__main__":
+    run_cli(main)

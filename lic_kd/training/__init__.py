@@ -1,0 +1,1 @@
+"""Training one network or students together: losses, the LightningModule, precision, run setup and resume."""

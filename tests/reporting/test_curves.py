@@ -1,0 +1,55 @@
+"""Runs into curves: the labels a report gives curves that share a role and width, and old class paths."""
+
+from lic_kd.reporting.curves import curve_label, curve_settings, distinct_labels
+from lic_kd.results import current_targets
+
+
+def test_curves_of_one_role_and_width_are_named_by_what_differs_only():
+    settings = [
+        {"steps": 4, "data.crop_size": 64, "teacher.checkpoint": "/a/t1"},
+        {"steps": 6, "data.crop_size": 64, "teacher.checkpoint": "/a/t1"},
+    ]
+    assert distinct_labels("kd-N8", settings) == ["kd-N8 steps=4", "kd-N8 steps=6"]
+
+
+def test_a_path_shortened_to_the_same_name_gets_a_hash_not_a_merged_curve():
+    settings = [{"teacher.checkpoint": "/x/run"}, {"teacher.checkpoint": "/y/run"}]
+    labels = distinct_labels("kd-N8", settings)
+    assert labels[0] != labels[1] and all(label.startswith("kd-N8 teacher.checkpoint=run #") for label in labels)
+
+
+def test_a_teachers_retrained_weights_are_named_by_their_hash_only_when_the_path_is_the_same():
+    same_path = [{"teacher.checkpoint": "/t", "teacher.checkpoint_sha256": h} for h in ("aaa", "bbb")]
+    assert distinct_labels("kd", same_path) == ["kd teacher.checkpoint_sha256=aaa", "kd teacher.checkpoint_sha256=bbb"]
+    other_path = [{"teacher.checkpoint": p, "teacher.checkpoint_sha256": h} for p, h in (("/t1", "a"), ("/t2", "b"))]
+    assert distinct_labels("kd", other_path) == ["kd teacher.checkpoint=t1", "kd teacher.checkpoint=t2"]
+
+
+def test_curve_label_says_role_pruning_word_lengths_and_widths():
+    run = {
+        "role": "kd",
+        "architecture": "ScaleHyperprior",
+        "N": 16,
+        "M": 96,
+        "kd_variant": "single",
+        "prune": {"keep": 0.5},
+        "quant": {"mode": "qat", "weight_bits": 8, "activation_bits": 8, "parts": "decoder"},
+    }
+    assert curve_label(run) == "qat-w8a8-decoder-pruned0.5-kd-N16-M96"
+    assert curve_label({"role": "codec", "architecture": "WebP"}) == "WebP"
+
+
+def test_results_written_before_the_restructure_are_the_same_curve_as_today():
+    before = {
+        "settings": {"loss._target_": "lic_kd.losses.make_rd_loss", "model._target_": "lic_kd.models.Autoencoder"}
+    }
+    today = {
+        "settings": {
+            "loss._target_": "lic_kd.training.losses.make_rd_loss",
+            "model._target_": "lic_kd.models.networks.Autoencoder",
+        }
+    }
+    assert curve_settings(before) == curve_settings(today)
+    assert current_targets({"a": ["lic_kd.module.budget_plateau", 3]}) == {
+        "a": ["lic_kd.training.module.budget_plateau", 3]
+    }
