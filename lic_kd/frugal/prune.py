@@ -177,9 +177,9 @@ def pruned_widths(source: nn.Module, keep: float) -> dict[str, int]:
 
 
 def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None = None) -> None:
-    """Initialise `target` from `source` (same family, widths at most the source's), keeping the most
-    important channels of every layer, measured on `images` (a batch of training crops) when given. Equal
-    widths copy the weights unchanged."""
+    """Initialise `target` from `source` (same family), keeping the most important channels of every layer,
+    measured on `images` (a batch of training crops) when given. Equal widths copy the weights unchanged; a
+    target at least as wide everywhere starts as the source itself (widen_into)."""
     _check_family(source)
     if _family(target) is not _family(source):
         raise ConfigError(
@@ -190,12 +190,16 @@ def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None
     if src_shapes.keys() != tgt_shapes.keys():
         raise ConfigError(f"{type(target).__name__} and {type(source).__name__} have different layers")
     too_wide = [k for k in src_shapes if any(t > s for t, s in zip(tgt_shapes[k], src_shapes[k]))]
-    if too_wide:
+    too_narrow = [k for k in src_shapes if any(t < s for t, s in zip(tgt_shapes[k], src_shapes[k]))]
+    if too_wide and too_narrow:
         raise ConfigError(
-            f"the network to initialise is wider than its source at {too_wide[0]} "
-            f"({tuple(tgt_shapes[too_wide[0]])} > {tuple(src_shapes[too_wide[0]])}): its widths must be at most "
-            "the source's"
+            f"the network to initialise is wider than its source at {too_wide[0]} and narrower at {too_narrow[0]}: "
+            f"student.init=teacher gives a student at most or at least as wide as its teacher in every width "
+            f"(its widths: N={source.N}, M={source.M})"
         )
+    if too_wide:
+        widen_into(source, target)
+        return
     joint = _family(source) is JointAutoregressiveHierarchicalPriors
     if joint and target.M != source.M:
         # its context model and entropy parameters mix y's channels with h_s's 2M features: no per-channel
@@ -229,3 +233,31 @@ def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None
         _prune_chain(source.h_s, target.h_s, z_idx, out_idx=h_s_out, magnitudes=magnitudes)
     else:
         _prune_entropy_bottleneck(source.entropy_bottleneck, target.entropy_bottleneck, y_idx)
+
+
+@torch.no_grad()
+def widen_into(source: nn.Module, target: nn.Module) -> None:
+    """Initialise `target` (same family, every width at least the source's) so that it computes what `source`
+    does: the source's weights fill the first channels of every layer, the extra channels keep their random
+    initialisation, and whatever reads them (the next convolution, GDN's normalisation of the old channels)
+    starts with zero weights, so they join in as training gives those weights a gradient (as Net2Net's
+    function-preserving widening, Chen et al. 2016). New hyper-latent channels are coded from the start: they
+    cost a few bits until trained. The latent width M stays the source's (what KD on y compares, and h_s
+    interleaves scales and means by it)."""
+    if target.M != source.M:
+        raise ConfigError(
+            f"a student wider than its teacher (N={target.N} > {source.N}) keeps the teacher's latent width: "
+            f"set student.M={source.M}"
+        )
+    params = dict(source.named_parameters())
+    for name, param in target.named_parameters():
+        param[tuple(slice(0, n) for n in params[name].shape)] = params[name]
+    for name, layer in target.named_modules():
+        old = source.get_submodule(name)
+        if _is_conv(layer):
+            in_dim = _out_in_dims(layer)[1]
+            n_in = old.weight.shape[in_dim]
+            layer.weight.narrow(in_dim, n_in, layer.weight.shape[in_dim] - n_in).zero_()
+        elif isinstance(layer, GDN):
+            n = old.beta.numel()
+            layer.gamma[:n, n:] = layer.gamma_reparam.init(torch.zeros_like(layer.gamma[:n, n:]))

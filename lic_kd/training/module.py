@@ -187,7 +187,8 @@ class CodecModule(L.LightningModule):
         self, init: str, teacher: dict | None, lmbda: float | None, calibration: torch.Tensor | None
     ) -> None:
         """Start from trained weights: the teacher's (its most important channels when this network is
-        narrower) or any checkpoint's. Resuming overwrites them with last.ckpt, as it should."""
+        narrower, the teacher itself plus idle channels when it is wider) or any checkpoint's. Resuming overwrites
+        them with last.ckpt, as it should."""
         if init in (None, "random"):
             return
         if init == "teacher":

@@ -83,11 +83,32 @@ def test_with_images_a_large_filter_that_nothing_reads_is_pruned_first():
     assert not any(torch.equal(w, source.g_a[0].weight[0]) for w in by_contribution.g_a[0].weight)
 
 
-def test_wider_or_other_family_is_an_error():
-    with pytest.raises(ValueError, match="widths must be at most"):
-        prune_into(ScaleHyperprior(8, 16), ScaleHyperprior(16, 16))
+def test_wider_in_one_width_and_narrower_in_another_or_another_family_is_an_error():
+    with pytest.raises(ValueError, match="wider than its source at .* and narrower"):
+        prune_into(ScaleHyperprior(8, 16), ScaleHyperprior(16, 8))
     with pytest.raises(ValueError, match="same family"):
         prune_into(ScaleHyperprior(8, 16), MeanScaleHyperprior(8, 16))
+
+
+@pytest.mark.parametrize("family", [ScaleHyperprior, MeanScaleHyperprior, FactorizedPrior])
+def test_a_wider_student_from_its_teacher_starts_as_the_teacher(family):
+    torch.manual_seed(0)
+    source, target = family(16, 16), family(24, 16)
+    with torch.no_grad():
+        for p in source.parameters():  # a trained-looking source, not its initialisation
+            p.add_(0.05 * torch.randn_like(p))
+    prune_into(source, target)
+    source.eval(), target.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out_s, out_t = source(x), target(x)
+    assert torch.allclose(out_s["x_hat"], out_t["x_hat"], atol=1e-6)
+    # the same latent: every y channel is coded as by the teacher
+    assert torch.allclose(out_s["likelihoods"]["y"], out_t["likelihoods"]["y"], atol=1e-6)
+    with pytest.raises(ValueError, match="keeps the teacher's latent width: set student.M=16"):
+        prune_into(source, family(24, 24))
+    # the extra channels are live (random filters), only what reads them starts at zero
+    assert target.g_a[0].weight[16:].abs().sum() > 0 and target.g_a[2].weight[:, 16:].abs().sum() == 0
 
 
 def test_pruned_widths_round_and_refuse_a_bad_fraction():
