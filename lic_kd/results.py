@@ -72,6 +72,8 @@ def environment() -> dict[str, Any]:
 # Configuration keys that cannot change a run's numbers (where it writes, how it logs, its torch threads), and
 # the two that make points of one curve (lambda) or repeats of it (seed): left out of a run's curve settings.
 NOT_SETTINGS = (
+    "plan_only",
+    "teacher.any_lmbda",
     "paths",
     "hydra",
     "logger",

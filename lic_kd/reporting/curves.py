@@ -11,8 +11,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from lic_kd.errors import ConfigError
+from lic_kd.models.ladder import ladder_fingerprint, read_ladder
 from lic_kd.reporting.bd import ms_ssim_db
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, current_targets, read_results
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, current_targets, read_results, results_record
 
 RATE_COLUMNS = [
     "lmbda",
@@ -110,7 +111,34 @@ def quant_label(quant: dict[str, Any] | None) -> str | None:
     return None if not quant else f"{quant['mode']}-w{quant['weight_bits']}a{quant['activation_bits']}-{quant['parts']}"
 
 
+def ladder_records(ladder_dir: Path) -> list[dict[str, Any]]:
+    """A shipped ladder's teacher curve as its ladder.json records it (each rung's Kodak evaluation when it was
+    trained), one results record per rung: a report of students from the ladder has its teacher without coding
+    Kodak again. Labelled as a record; an evaluation of the ladder in the report is a curve of its own."""
+    ladder = read_ladder(ladder_dir)
+    settings = {"ladder": ladder["name"], "ladder.fingerprint": ladder_fingerprint(ladder)}
+    return [
+        results_record(
+            {
+                "role": "teacher",
+                "architecture": ladder["architecture"].rsplit(".", 1)[-1],
+                "N": ladder["N"],
+                "M": ladder["M"],
+                "lmbda": rung["lmbda"],
+                "steps": rung.get("steps_total"),
+                "settings": settings,
+                "source": "ladder record",
+                "run_dir": str(ladder_dir),
+            },
+            rung["kodak"],
+        )  # fmt: skip
+        for rung in ladder["rungs"]
+    ]
+
+
 def curve_label(run: dict[str, Any]) -> str:
+    if run.get("source") == "ladder record":
+        return curve_label({**run, "source": None}) + " [ladder record]"
     if run["role"] == "codec":
         return run["architecture"]
     if run["role"] == "reference":  # published: kept apart from our own run of the same codec

@@ -10,7 +10,7 @@ import pandas as pd
 from lic_kd import REPO_ROOT
 from lic_kd.errors import ConfigError
 from lic_kd.reporting import figures
-from lic_kd.reporting.curves import find_runs, rate_warnings, rd_table, table_columns
+from lic_kd.reporting.curves import find_runs, ladder_records, rate_warnings, rd_table, table_columns
 from lic_kd.reporting.references import export_curve, load_reference, safe_name
 from lic_kd.reporting.tables import (
     bd_table,
@@ -36,8 +36,11 @@ def write_report(
     references: Sequence[Path] = (),
     figures: bool = True,
     images_dir: Path = REPO_ROOT / "data" / "kodak",
+    ladders: Sequence[Path] = (),
 ) -> Path:
     results, missing = find_runs(sweep_dirs)
+    for ladder in ladders:  # a shipped ladder's teacher curve, from its record
+        results += ladder_records(ladder)
     for path in references:
         results += load_reference(path)
     if not results and not missing:
