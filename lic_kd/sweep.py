@@ -243,7 +243,7 @@ def preflight(
                     checked.append((overrides, cfg, check_job(cfg, datamodules)))
                 except UserError as err:
                     shown = " ".join(o for o in overrides if not _key(o).startswith("hydra."))
-                    raise ConfigError(f"job {shown}: {err}") from err
+                    raise ConfigError(f"job {shown}: {err}") from None  # the line names the job
     finally:
         if saved is not None:
             HydraConfig.instance().set_config(OmegaConf.create({"hydra": saved}))

@@ -194,8 +194,8 @@ def prune_into(source: nn.Module, target: nn.Module, images: torch.Tensor | None
     if too_wide and too_narrow:
         raise ConfigError(
             f"the network to initialise is wider than its source at {too_wide[0]} and narrower at {too_narrow[0]}: "
-            f"student.init=teacher gives a student at most or at least as wide as its teacher in every width "
-            f"(its widths: N={source.N}, M={source.M})"
+            f"a student started from its teacher is at most or at least as wide as it in every width "
+            f"(the teacher's N={source.N}, M={source.M}): set student.M={source.M}"
         )
     if too_wide:
         widen_into(source, target)

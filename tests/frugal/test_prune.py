@@ -84,7 +84,7 @@ def test_with_images_a_large_filter_that_nothing_reads_is_pruned_first():
 
 
 def test_wider_in_one_width_and_narrower_in_another_or_another_family_is_an_error():
-    with pytest.raises(ValueError, match="wider than its source at .* and narrower"):
+    with pytest.raises(ValueError, match="wider than its source at .* and narrower .*: set student.M=16"):
         prune_into(ScaleHyperprior(8, 16), ScaleHyperprior(16, 8))
     with pytest.raises(ValueError, match="same family"):
         prune_into(ScaleHyperprior(8, 16), MeanScaleHyperprior(8, 16))
