@@ -50,20 +50,19 @@ def _value(arguments: Sequence[str], key: str) -> str | None:
 
 
 def study_arguments(arguments: Sequence[str]) -> list[str]:
-    """The sweep a command means. Widths swept (`student.N=16,32`) become one list, trained together
-    (`student.N=[16,32]`); without a role, both plain and KD students (`role=student,kd`); without an experiment,
-    the study preset (experiment=study: the shipped ladder, its budget). Anything given explicitly stays."""
+    """The sweep a command means when it names no experiment: widths swept (`student.N=16,32`) become one list,
+    trained together (`student.N=[16,32]`), of plain and KD students (`role=student,kd` unless a role is given),
+    in the study preset (experiment=study: the shipped ladder, its budget). A command that names its experiment
+    is run as it is written."""
     out = list(arguments)
     widths = _value(out, "student.N")
     swept = widths is not None and "," in widths and not widths.strip().startswith("[")
-    if not swept:
+    if not swept or _value(out, "experiment") is not None:
         return out
     out = [f"student.N=[{widths}]" if _key(a) == "student.N" else a for a in out]
     if _value(out, "role") is None:
         out.append("role=student,kd")
-    if _value(out, "experiment") is None:
-        out.append("experiment=study")
-    return out
+    return out + ["experiment=study"]
 
 
 def teacher_arguments(arguments: Sequence[str], cfg: DictConfig) -> list[str]:

@@ -8,7 +8,7 @@ from conftest import REPO
 
 # leaves (modules directly in lic_kd/) < frugal < models < training < evaluation < teachers < reporting < entry points
 STAGES = ["frugal", "models", "training", "evaluation", "teachers", "reporting"]
-ENTRY_POINTS = {"train", "evaluate", "report"}
+ENTRY_POINTS = {"train", "evaluate", "report", "sweep"}  # sweep: around the jobs of `train -m`
 
 
 def stage(module: str) -> int:

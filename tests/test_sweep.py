@@ -17,12 +17,9 @@ TINY = ["steps=4", "val_every=2", "data.crop_size=64", "data.val_crop_size=64", 
 
 def test_widths_swept_alone_mean_plain_and_kd_students_trained_together_from_the_study_preset():
     assert study_arguments(["student.N=16,32,64"]) == ["student.N=[16,32,64]", "role=student,kd", "experiment=study"]
-    # what the command says stays as it says
-    assert study_arguments(["student.N=16,32", "role=kd", "experiment=demo"]) == [
-        "student.N=[16,32]",
-        "role=kd",
-        "experiment=demo",
-    ]
+    assert study_arguments(["student.N=16,32", "role=kd"]) == ["student.N=[16,32]", "role=kd", "experiment=study"]
+    # a command that names its experiment is run as written
+    assert study_arguments(["student.N=16,32", "experiment=demo"]) == ["student.N=16,32", "experiment=demo"]
     assert study_arguments(["student.N=[16,32]", "lmbda=0.01,0.02"]) == ["student.N=[16,32]", "lmbda=0.01,0.02"]
 
 
@@ -62,7 +59,7 @@ def test_a_teacher_run_at_another_lambda_is_refused_unless_the_user_says_so(tmp_
 
 
 def test_the_study_plans_trains_reports_and_resumes(tmp_path):
-    command = ["-m", "experiment=study", "student.N=8,12", "lmbda=0.0009,0.0018", *TINY]
+    command = ["-m", "student.N=8,12", "lmbda=0.0009,0.0018", *TINY]
     planned = run_module("lic_kd.train", *command, "plan_only=true", cwd=tmp_path)
     assert "plan: 4 jobs, 8 students, on joblib, 2 processes at once" in planned.stdout
     name = sweep_name(command[1:])

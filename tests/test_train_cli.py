@@ -186,16 +186,13 @@ def test_corrupt_training_image_is_named_before_training(tmp_path):
     assert "cannot read image" in (out := bad_run(tmp_path, f"data.train_dir={data}")) and "zz_corrupt.png" in out
 
 
-def test_report_lists_a_failed_run(tmp_path):
+def test_a_sweep_with_one_impossible_job_trains_nothing_and_names_it(tmp_path):
     sweep = tmp_path / "sweep"
     proc = train("-m", "student.N=8,0", f"hydra.sweep.dir={sweep}", check=False)
-    assert proc.returncode != 0  # the sweep reports its failure ...
-    assert (sweep / "0" / "results.json").is_file()  # ... and keeps the finished run
-    run_module("lic_kd.report", str(sweep), "--name", "f", "--out-root", str(tmp_path / "rep"))
-    missing = pd.read_csv(tmp_path / "rep" / "f" / "missing_runs.csv")
-    assert len(missing) == 1 and missing["run_dir"][0].endswith("/1")
-    assert "network width N must be a positive integer" in missing["reason"][0]
-    assert "Runs without results" in (tmp_path / "rep" / "f" / "rd_table.md").read_text()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1
+    assert errors[0] == "error: job experiment=smoke student.N=0: network width N must be a positive integer, got 0"
+    assert not (sweep / "0").exists()  # checked before the first job: the good one did not train either
 
 
 def test_kd_on_z_with_a_thin_student_whose_hyper_latent_matches_the_teacher(teacher_sweep, tmp_path):

@@ -29,7 +29,10 @@ class StudySweeper(BasicSweeper):
         arguments = sweep.teacher_arguments(arguments, first)
         with open_dict(self.config):
             if "${now:" in str(OmegaConf.to_container(self.config.hydra, resolve=False)["sweep"]["dir"]):
-                self.config.hydra.sweep.dir = str(Path("outputs/sweeps") / sweep.sweep_name(given))
+                sweep_dir = str(Path("outputs/sweeps") / sweep.sweep_name(given))
+                self.config.hydra.sweep.dir = sweep_dir
+                # every job's config is composed again from the hydra overrides (in the launcher's workers too)
+                self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
             if arguments != given and first.hydra.launcher != self.config.hydra.launcher:
                 # the study's preset chose its launcher (experiment=study: joblib): the sweep runs on it
                 self.config.hydra.launcher = first.hydra.launcher
