@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lic_kd import REPO_ROOT
+from lic_kd.data import list_images
 from lic_kd.errors import ConfigError, UserError
 from lic_kd.evaluation.profiling import use_threads
 from lic_kd.models.checkpoints import load_net
@@ -218,8 +219,6 @@ def plan(jobs: Sequence[tuple[Sequence[str], DictConfig, list[CodecModule]]], sw
 
 
 def list_eval_images(cfg: DictConfig) -> list[Path]:
-    from lic_kd.data import list_images
-
     return list_images(cfg.data.eval_dir, cfg.data.get("eval_limit"))
 
 

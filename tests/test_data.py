@@ -104,29 +104,15 @@ def make_noise_vimeo(root, sequences=5, clips=3, side=64):
 def test_vimeo90k_validation_holds_out_whole_sequences(tmp_path, seed):
     """Frames of one clip (and clips of one sequence) are near duplicates: a sequence is wholly on one side."""
     make_noise_vimeo(tmp_path)
-    dm = ImageDataModule(
-        train_dir=str(tmp_path),
-        eval_dir=str(KODAK),
-        layout="vimeo90k",
-        crop_size=64,
-        val_fraction=0.2,
-        eval_limit=1,
-        seed=seed,
-    )
+    settings = dict(train_dir=str(tmp_path), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64, val_fraction=0.2,
+                    eval_limit=1, seed=seed)  # fmt: skip
+    dm = ImageDataModule(**settings)
     train, val = ({p.parent.parent.name for p in paths} for paths in (dm.train_paths, dm.val_paths))  # <seq>
     assert val and train and not train & val
     assert len(val) == 1 and len(dm.val_paths) == 3 * 7  # 0.2 of 5 sequences, each with all its clips' frames
     assert sorted(dm.train_paths + dm.val_paths) == sorted(tmp_path.glob("sequences/*/*/im*.png"))
     assert len({p.parent for p in dm.val_paths}) == 3 and len(dm.train_paths) == 4 * 3 * 7
-    again = ImageDataModule(
-        train_dir=str(tmp_path),
-        eval_dir=str(KODAK),
-        layout="vimeo90k",
-        crop_size=64,
-        val_fraction=0.2,
-        eval_limit=1,
-        seed=seed,
-    )
+    again = ImageDataModule(**settings)
     assert again.val_paths == dm.val_paths and again.train_paths == dm.train_paths  # fixed for a seed
 
 
