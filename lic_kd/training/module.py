@@ -196,7 +196,9 @@ class CodecModule(L.LightningModule):
                 raise ConfigError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
             source_path, architecture = teacher["checkpoint"], teacher.get("architecture")
         else:
-            source_path, architecture = init, (teacher or {}).get("architecture")
+            # a CompressAI file without a teacher config (a teacher trained on from one): this network's own class
+            own_class = f"{type(self.net).__module__}.{type(self.net).__qualname__}"
+            source_path, architecture = init, (teacher or {}).get("architecture") or own_class
         source, _ = load_net(source_path, architecture, lmbda=lmbda)
         try:
             prune_into(source, self.net, calibration)

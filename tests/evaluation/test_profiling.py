@@ -12,15 +12,26 @@ from lic_kd.evaluation.profiling import EnergyMeter, peak_rss_during, profile, p
 CPU = torch.device("cpu")
 
 
-def test_profile_of_a_small_codec_on_cpu(monkeypatch, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Latency ratios measured on one thread: with two threads on a loaded 2-core machine a 12 ms encode took
+    300 ms (a thread waiting for a busy core), which drowns the growth with size that these tests check."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_profile_of_a_small_codec_on_cpu(monkeypatch, tmp_path, one_thread):
     """Real entropy coding of a small and a 24x larger image: encode and decode latency and the decoder's peak
-    memory grow with the image (measured 3.4-6.7x for latency, 8.5-9.4x for memory on a loaded 2-core machine;
-    the bounds leave twice that margin). Without an energy counter, the record says why and holds no number."""
+    memory grow with the image (latency 5.4-18.7x on one thread with both cores busy with other work; memory
+    8.5-9.4x). An N=32 codec: an N=8 one's time is mostly the entropy coder's fixed cost. Without an energy
+    counter, the record says why and holds no number."""
     monkeypatch.setattr("lic_kd.evaluation.profiling.RAPL", tmp_path / "no-rapl")
-    coder = prepare_for_coding(ScaleHyperprior(8, 16))
+    coder = prepare_for_coding(ScaleHyperprior(32, 48))
     small, large = (profile_codec(coder, torch.rand(1, 3, h, w), CPU, repeats=5) for h, w in ((128, 128), (512, 768)))
     for key in ("encode_s", "decode_s"):
-        assert large["latency"][key] > 1.5 * small["latency"][key], key
+        assert large["latency"][key] > 3 * small["latency"][key], key
     lat = large["latency"]
     assert (lat["height"], lat["width"], lat["repeats"]) == (512, 768, 5) and lat["threads"] == torch.get_num_threads()
     assert large["memory"]["decode_peak_bytes"] > 3 * small["memory"]["decode_peak_bytes"] > 0
@@ -105,9 +116,9 @@ def test_decode_peak_memory_grows_with_the_model():
     assert peaks[0] > 0 and peaks[1] > peaks[0]
 
 
-def test_profile_of_an_autoencoder_times_its_two_transforms():
+def test_profile_of_an_autoencoder_times_its_two_transforms(one_thread):
     """g_a and g_s of a network 8x wider (64x the MACs): both take longer and g_s needs more memory (measured
-    3.9-6.5x the latency, 4.5-7.5x the memory on a loaded 2-core machine)."""
+    2.8-14.6x the latency on one thread with both cores busy, 4.5-7.5x the memory)."""
     from lic_kd.evaluation.profiling import profile_autoencoder
     from lic_kd.models.networks import Autoencoder
 
