@@ -24,6 +24,7 @@ BENCHMARKS = {
         "teacher_latents_only_vs_forward",
     ),
     "data_pipeline": ("loader_vs_model", "loader_uncached_vs_model", "cache_speedup"),
+    "loader_workers": ("workers_1_vs_in_process", "workers_2_vs_in_process", "gpu_need_vs_one_worker"),
     "evaluate_parity": (
         "evaluate_time",
         "evaluate_time_1thread",

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     loaders = {}
     for name, cache in (("cached", True), ("uncached", False)):
-        data = instantiate(cfg.data, cache_images=cache)
+        data = instantiate(cfg.data, cache_images=cache, num_workers=0)  # serial with the step, as on few cores
         loaders[name] = endless(data.train_dataloader())
     bs = int(cfg.data.batch_size)
     net = instantiate(cfg.model).to(device)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "preset": "smoke" if args.smoke else "demo",
         "crop_size": int(cfg.data.crop_size),
         "batch_size": bs,
-        "num_workers": int(cfg.data.num_workers),
+        "num_workers": data.num_workers,
         "train_images": len(data.train_paths),
         "model": dict(cfg.model),
         "batches_per_block": n_batches,

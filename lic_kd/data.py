@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from itertools import accumulate
 from pathlib import Path
@@ -130,6 +131,16 @@ def vimeo90k_paths(root: str | Path, list_file: str = "sep_trainlist.txt") -> li
     return paths
 
 
+def loader_workers(requested: int | str, cached: bool) -> int:
+    """data.num_workers: a count, or `auto`: none for a set held in memory (a crop of a decoded image is cheaper
+    than handing it between processes), otherwise one per core but the training process's, at most 8."""
+    if requested == "auto":
+        return 0 if cached else max(1, min(8, (os.cpu_count() or 2) - 1))
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise DataError(f"data.num_workers must be a count >= 0 or 'auto', got {requested!r}")
+    return requested
+
+
 class ImageDataModule(L.LightningDataModule):
     """Training images (a folder or Vimeo-90K), a held-out validation split, and an evaluation folder."""
 
@@ -144,7 +155,7 @@ class ImageDataModule(L.LightningDataModule):
         val_crop_size: int = 256,
         batch_size: int = 16,
         val_batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         eval_limit: int | None = None,
         seed: int = 0,
         cache_images: bool | None = None,
@@ -162,7 +173,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_dir, self.eval_dir, self.layout, self.val_dir = train_dir, eval_dir, layout, val_dir
         self.val_fraction, self.seed = val_fraction, seed
         self.crop_size, self.val_crop_size = crop_size, val_crop_size
-        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.eval_limit = eval_limit
         self.train_paths, self.val_paths = self._split()
         self.eval_paths = list_images(eval_dir, eval_limit)
@@ -170,6 +181,7 @@ class ImageDataModule(L.LightningDataModule):
         self.cache_images = (
             (layout == "folder" and len(self.train_paths) <= CACHE_MAX_IMAGES) if cache_images is None else cache_images
         )
+        self.num_workers = loader_workers(num_workers, self.cache_images)
 
     def _split(self) -> tuple[list[Path], list[Path]]:
         train_dirs = [self.train_dir] if isinstance(self.train_dir, (str, Path)) else list(self.train_dir)
@@ -219,13 +231,20 @@ class ImageDataModule(L.LightningDataModule):
             shuffle=True,
             generator=torch.Generator().manual_seed(self.seed + 1),  # the run's own order, as its crops
             drop_last=len(self.train_paths) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **self._loader_settings(),
         )
+
+    def _loader_settings(self) -> dict:
+        """Workers decode off the training process and live for the whole run; pinned pages speed host-to-GPU copies."""
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             ImageFolder(self.val_paths, self.val_crop_size, train=False, cache=self.cache_images),
             batch_size=self.val_batch_size,
-            num_workers=self.num_workers,
+            **self._loader_settings(),
         )

@@ -83,6 +83,9 @@ NOT_SETTINGS = (
     "lmbda",
     "seed",
     "data.seed",
+    # how images are read, not which: loader workers draw other crops from the same distribution, like a seed
+    "data.num_workers",
+    "data.cache_images",
     # copies of steps and val_every (interpolated into the schedule): named once
     "scheduler.steps",
     "scheduler.val_every",

@@ -144,3 +144,41 @@ def test_vimeo90k_validation_keeps_its_configured_size(tmp_path):
     assert len(dm.val_paths) == round(0.1 * 105) and len({p.parent for p in dm.val_paths}) == 3  # clips
     assert len({p.parent.parent for p in dm.val_paths}) == 1 and len(dm.train_paths) == 4 * 3 * 7
     assert not {p.parent.parent for p in dm.val_paths} & {p.parent.parent for p in dm.train_paths}
+
+
+def test_a_vimeo_tree_trains_with_loader_workers_reading_from_disk(tmp_path):
+    """A Vimeo-90K layout is never held in memory: `auto` gives it loader workers (here 2, asked for), which
+    decode the PNG frames off the training process; the run trains, validates on held-out sequences and codes
+    its evaluation images."""
+    import json
+
+    from conftest import train
+
+    make_noise_vimeo(tmp_path / "vimeo", sequences=4, clips=2)
+    dm = ImageDataModule(train_dir=str(tmp_path / "vimeo"), eval_dir=str(KODAK), layout="vimeo90k", crop_size=64,
+                         val_fraction=0.25, eval_limit=1)  # fmt: skip
+    assert dm.cache_images is False and dm.num_workers >= 1  # auto: streamed from disk by workers
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == dm.num_workers
+    run = tmp_path / "run"
+    train("data=vimeo90k", f"data.train_dir={tmp_path / 'vimeo'}", "data.val_fraction=0.25", "data.num_workers=2",
+          "data.crop_size=64", "data.val_crop_size=64", "data.eval_limit=1", f"hydra.run.dir={run}")  # fmt: skip
+    result = json.loads((run / "results.json").read_text())
+    assert result["run"]["steps"] == 4 and result["metrics"]["n_images"] == 1
+    assert result["run"]["settings"]["data.layout"] == "vimeo90k"
+    assert "data.num_workers" not in result["run"]["settings"]  # how images are read does not split curves
+
+
+@pytest.mark.parametrize("requested, cached, workers", [("auto", True, 0), (3, False, 3), (0, False, 0)])
+def test_loader_workers_by_count_or_auto(requested, cached, workers):
+    from lic_kd.data import loader_workers
+
+    assert loader_workers(requested, cached) == workers
+
+
+@pytest.mark.parametrize("requested", [-1, "many", 1.5])
+def test_a_wrong_worker_count_is_named(requested):
+    from lic_kd.data import loader_workers
+
+    with pytest.raises(DataError, match="data.num_workers must be a count >= 0 or 'auto'"):
+        loader_workers(requested, False)
