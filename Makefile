@@ -18,11 +18,18 @@ DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
 TEACHERS ?= teachers/bmshj2018-hyperprior-N64-M96
 TEACHERS_RUN_DIR ?= outputs/teachers
 TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013,0.0009,0.0004,0.0002  # a new rung goes last: sweep job numbers name the run dirs
+# Budgets of their own: the base's batches (the shipped base's, docs/teachers.md) and each rung's fine-tune from it.
+# TEACHER_LAUNCHER=slurm makes base and rungs jobs of the cluster (its hydra.launcher.* settings in TEACHER_OVERRIDES).
+TEACHER_BASE_STEPS ?= 20000
+TEACHER_RUNG_STEPS ?= 600
+TEACHER_LAUNCHER ?= basic
 TEACHER_OVERRIDES ?=
 TEACHER_NOTE ?=
-TEACHER_BASE_CMD = $(PY) -m lic_kd.train experiment=teacher_ladder $(TEACHER_OVERRIDES) hydra.run.dir=$(TEACHERS_RUN_DIR)/base
+TEACHER_BASE_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder steps=$(TEACHER_BASE_STEPS) \
+	launcher=$(TEACHER_LAUNCHER) $(TEACHER_OVERRIDES) hydra.sweep.dir=$(TEACHERS_RUN_DIR)/base
 TEACHER_RUNGS_CMD = $(PY) -m lic_kd.train -m experiment=teacher_ladder_finetune lmbda=$(TEACHER_LAMBDAS) \
-	student.init=$(TEACHERS_RUN_DIR)/base $(TEACHER_OVERRIDES) hydra.sweep.dir=$(TEACHERS_RUN_DIR)/ladder
+	steps=$(TEACHER_RUNG_STEPS) student.init=$(TEACHERS_RUN_DIR)/base/0 launcher=$(TEACHER_LAUNCHER) $(TEACHER_OVERRIDES) \
+	hydra.sweep.dir=$(TEACHERS_RUN_DIR)/ladder
 
 REFERENCES ?= data/reference/compressai-bmshj2018-hyperprior_mse_cuda.json data/reference/jpeg.json \
 	data/reference/webp.json data/reference/bpg_444_x265_ycbcr.json data/reference/vtm.json
@@ -65,12 +72,13 @@ demo-teachers: install
 		hydra.sweep.dir=$(DEMO_DIR)/teachers
 
 # Retrain the teacher ladder from scratch: one base teacher (lambda 0.0067), fine-tuned to each lambda of the
-# ladder, then shipped with its provenance into $(TEACHERS). On a GPU or SLURM, widen and lengthen with
-# overrides only, e.g. make teachers TEACHER_OVERRIDES="student.N=128 student.M=192 steps=200000".
+# ladder, then shipped with its provenance into $(TEACHERS). Base and rungs have budgets of their own and both go
+# through the launcher: on SLURM, e.g. make teachers TEACHER_LAUNCHER=slurm TEACHER_BASE_STEPS=2000000
+# TEACHER_RUNG_STEPS=100000 TEACHER_OVERRIDES="student.N=128 student.M=192 hydra.launcher.gpus_per_node=1".
 teachers: install
 	$(TEACHER_BASE_CMD)
 	$(TEACHER_RUNGS_CMD)
-	$(PY) -m lic_kd.teachers.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base \
+	$(PY) -m lic_kd.teachers.ladder $(TEACHERS_RUN_DIR)/ladder $(TEACHERS) --base $(TEACHERS_RUN_DIR)/base/0 \
 		--command "$(TEACHER_BASE_CMD) && $(TEACHER_RUNGS_CMD)" $(if $(TEACHER_NOTE),--note "$(TEACHER_NOTE)")
 
 # The longer study on the shipped ladder: students of every width below the teacher's, plain and KD, from random

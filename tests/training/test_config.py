@@ -69,6 +69,29 @@ def test_quality_presets_follow_the_model_family(model, quality, widths):
     ]
 
 
+def test_the_paper_preset_is_compressais_recipe_and_leaves_rate_and_width_to_the_command(tmp_path):
+    """experiment=paper: Vimeo-90K, 256x256 crops, batch 16, Adam 1e-4 / 1e-3, clipping, plateau halving, 2M
+    batches, bf16 on the GPU, KD from the zoo teacher of each run's lambda with the published weights. It sets
+    no lambda or width, so rate=qK gives a teacher at the zoo's widths without a conflict."""
+    from test_data import make_noise_vimeo
+
+    from lic_kd.training.setup import check_rate_preset
+
+    make_noise_vimeo(tmp_path)
+    teacher = make(["experiment=paper", "role=teacher", "rate=q3", f"data.train_dir={tmp_path}"])
+    check_rate_preset(teacher)  # no conflict: the preset leaves lambda and widths to rate=q3
+    assert (teacher.student.N, teacher.student.M, teacher.lmbda) == (128, 192, 0.0067)
+    assert (teacher.data.layout, teacher.data.crop_size, teacher.data.batch_size) == ("vimeo90k", 256, 16)
+    assert (teacher.optimizer.main.lr, teacher.optimizer.aux.lr, teacher.optimizer.clip_max_norm) == (1e-4, 1e-3, 1.0)
+    assert teacher.scheduler.factor == 0.5 and teacher.steps == 2_000_000
+    assert teacher.trainer.precision == "bf16-mixed"
+    student = make(["experiment=paper", "role=kd", "student.N=32", "lmbda=0.013", f"data.train_dir={tmp_path}"])
+    assert student.teacher.checkpoint == "zoo:bmshj2018-hyperprior" and student.student.M == 192
+    assert (student.loss.w_y, student.loss.w_x, student.loss.w_task) == (0.3, 0.3, 0.4)
+    data = instantiate(student.data, eval_limit=1)
+    assert data.num_workers >= 1 and not data.cache_images  # read from disk by loader workers
+
+
 def test_smoke_preset_is_tiny():
     cfg = make(["experiment=smoke"])
     assert cfg.model.N == 8 and cfg.data.crop_size == 64 and cfg.steps <= 10 and cfg.data.eval_limit == 2
@@ -103,3 +126,21 @@ def test_vimeo_layout_needs_its_root():
 def test_evaluate_config():
     cfg = make(["checkpoint=x.ckpt"], name="evaluate")
     assert cfg.images == str(REPO / "data" / "kodak") and cfg.limit is None
+
+
+def test_make_teachers_gives_base_and_rungs_budgets_of_their_own_through_the_launcher():
+    """A cluster budget for the base no longer makes each rung's fine-tune that long, and the base goes through
+    the launcher too (it used to be a single run that ignored launcher=slurm)."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["make", "-n", "teachers", "TEACHER_LAUNCHER=slurm", "TEACHER_BASE_STEPS=2000000", "TEACHER_RUNG_STEPS=100000",
+         "INSTALLED="],  # fmt: skip
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    commands = [line for line in proc.stdout.splitlines() if "-m lic_kd.train" in line and "--command" not in line]
+    base, rungs = (
+        next(c for c in commands if f"experiment={e} " in c) for e in ("teacher_ladder", "teacher_ladder_finetune")
+    )
+    assert "-m experiment" in base and "steps=2000000 " in base and "launcher=slurm " in base
+    assert "steps=100000 " in rungs and "launcher=slurm " in rungs and "student.init=outputs/teachers/base/0" in rungs
