@@ -8,7 +8,7 @@ Runs are lic_kd's own (`lic_kd.train.train` on the composed config), interleaved
 so that load changes hit both precisions alike. Quality: the RD cost J = lmbda * 255^2 * MSE + bpp on the first
 Kodak images (MSE from the mean PSNR), bitstream bpp.
 
-    python -m benchmarks.precision [--smoke] [--steps B] [--images K]
+    python -m benchmarks.precision [--smoke] [--steps B] [--images K] [--quality-anyway]
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="training batches per run (default 300; smoke 8)")
     p.add_argument("--images", type=int, default=None, help="Kodak images coded per run (default 8; smoke 1)")
+    p.add_argument(
+        "--quality-anyway", action="store_true", help="make the quality runs even where bf16 is slower than fp32"
+    )
     args = p.parse_args(argv)
     env = environment(device_of(args.device))
     steps, images = args.steps or (8 if args.smoke else 300), args.images or (1 if args.smoke else 8)
@@ -151,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for model, N in MODELS.items()
     }
     slower = {m: p["bf16-mixed"] / p["32-true"] for m, p in probe.items()}
-    if not args.smoke and max(slower.values()) > 1.5:  # hours of runs to learn what the probe already says
+    if (
+        not args.smoke and not args.quality_anyway and max(slower.values()) > 1.5
+    ):  # hours of runs to learn what the probe already says
         return skipped(args, env, steps, images, probe, slower)
     runs = [
         one_run(model, precision, seed, steps, images, args.smoke, args.device)
