@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lic_kd.errors import run_cli
+from lic_kd.io import sha256
 from lic_kd.models.checkpoints import load_net
 from lic_kd.models.ladder import LADDER_FILE, LadderError, read_ladder
 from lic_kd.results import read_results
@@ -59,6 +60,35 @@ def _machine() -> dict[str, Any]:
     }
 
 
+KODAK_KEYS = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")  # what a ladder records of each network
+
+
+def _continued_base(base: dict[str, Any] | None, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A base trained on from the previous ladder's base file (student.init=<that file>): that file's record,
+    whose batches and wall time this base adds to its own. None for a base trained from scratch."""
+    if not base or not previous or not previous.get("base"):
+        return None
+    init = base["run"].get("init")
+    if not init or init in ("random", "teacher") or not Path(str(init)).is_file():
+        return None
+    prior = previous["base"]
+    if sha256(Path(str(init))) != prior["sha256"]:
+        return None
+    return {k: prior.get(k) for k in ("file", "sha256", "steps_total", "wall_time_s")} | {
+        "commit": previous.get("commit")
+    }
+
+
+def _summary(ladder: dict[str, Any]) -> dict[str, Any]:
+    """What a replaced ladder said: its commit, batches and Kodak numbers (not its weights), kept beside the new."""
+    base = ladder.get("base") or {}
+    return {
+        "commit": ladder.get("commit"),
+        "base": {k: base.get(k) for k in ("steps_total", "wall_time_s", "kodak")} if base else None,
+        "rungs": [{k: r.get(k) for k in ("lmbda", "steps_total", "kodak")} for r in ladder.get("rungs", [])],
+    }
+
+
 def training_time(result: dict[str, Any]) -> tuple[float, list[int]]:
     """A finished run's wall time, resumed segments included, and the batches it was resumed at, from its
     results.json: the segments its checkpoints recorded before the last, plus the last one's wall time
@@ -77,12 +107,15 @@ def build_ladder(
     if not runs:
         raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
     base = read_results(base_dir / "results.json") if base_dir else None
+    previous = read_ladder(out_dir) if (out_dir / LADDER_FILE).is_file() else None  # read before it is replaced
+    continued = _continued_base(base, previous)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.pth.tar"):
         old.unlink()
     base_record, base_wall = None, 0.0
     if base is not None:
         base_wall, resumes = training_time(base)  # resumed segments included
+        base_wall += (continued or {}).get("wall_time_s") or 0.0
         net, _ = load_net(base_dir)
         path, digest = export_compressai(net, out_dir / f"{name}-base-lmbda{base['run']['lmbda']:g}.pth.tar")
         base_record = {
@@ -90,12 +123,13 @@ def build_ladder(
             "file": path.name,
             "sha256": digest,
             "seed": base["run"].get("seed"),
-            "steps_total": base["run"].get("steps"),
+            "steps_total": (base["run"].get("steps") or 0) + ((continued or {}).get("steps_total") or 0),
             "wall_time_s": round(base_wall, 1),
             "resumed_at_batches": resumes,
-            "kodak": {k: base["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+            "kodak": {k: base["metrics"].get(k) for k in KODAK_KEYS},
+            **({"continued_from": continued} if continued else {}),
         }
-    base_steps = (base or {}).get("run", {}).get("steps") or 0
+    base_steps = (base_record or {}).get("steps_total") or 0
     rungs = [_export_rung(r, out_dir, name, base_steps, base_wall, "base" if base else None) for r in runs]
     first = runs[0]["run"]
     net_cfg = torch.load(Path(first["checkpoint"]), map_location="cpu", weights_only=False)["hyper_parameters"]["net"]
@@ -114,6 +148,7 @@ def build_ladder(
         "notes": note,
         "base": base_record,
         "rungs": rungs,
+        **({"previous": _summary(previous)} if previous else {}),
     }
     (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")
     files = rungs + ([base_record] if base_record else [])
@@ -140,7 +175,7 @@ def _export_rung(
         "steps_total": base_steps + (run.get("steps") or 0),
         "wall_time_s": round(training_time(result)[0] + base_wall, 1),  # the rung's own run plus its base's
         "init": init,
-        "kodak": {k: result["metrics"].get(k) for k in ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")},
+        "kodak": {k: result["metrics"].get(k) for k in KODAK_KEYS},
     }
 
 

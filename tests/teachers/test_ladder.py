@@ -225,3 +225,34 @@ def test_rungs_fine_tuned_from_the_base_are_appended(ladder, tmp_path):
     train("-m", "role=teacher", "lmbda=0.003", f"hydra.sweep.dir={other}")
     proc = run_module("lic_kd.teachers.ladder", str(other), str(copy), "--append", "--command", "x", check=False)
     assert proc.returncode != 0 and "not from this ladder's base" in proc.stderr
+
+
+def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_the_previous_numbers(ladder, tmp_path):
+    """The stronger-ladder path: the shipped base file, copied out of its ladder (a plain CompressAI file: the run
+    takes its own class), trained on and shipped over the old ladder. The new base counts the old base's batches
+    and time (continued_from), its rungs count the whole base, and the replaced ladder's Kodak numbers stay in
+    `previous`."""
+    import shutil
+
+    copy = tmp_path / "smoke-ladder"
+    shutil.copytree(ladder, copy)
+    old = json.loads((copy / LADDER_FILE).read_text())
+    start = shutil.copy(copy / old["base"]["file"], tmp_path / "base-start.pth.tar")  # no ladder.json beside it
+    base = tmp_path / "base"
+    train("role=teacher", "lmbda=0.005", "steps=6", "val_every=3", f"student.init={start}", f"hydra.run.dir={base}")
+    rungs = tmp_path / "rungs"
+    train("-m", "role=teacher", "lmbda=0.005,0.05", "steps=2", f"student.init={base}", f"hydra.sweep.dir={rungs}")
+    run_module("lic_kd.teachers.ladder", str(rungs), str(copy), "--base", str(base), "--command", "x")
+    new = json.loads((copy / LADDER_FILE).read_text())
+    assert new["base"]["steps_total"] == 40 + 6 and new["base"]["continued_from"]["sha256"] == old["base"]["sha256"]
+    assert new["base"]["wall_time_s"] > old["base"]["wall_time_s"]
+    assert [r["steps_total"] for r in new["rungs"]] == [40 + 6 + 2] * 2
+    assert new["previous"]["rungs"] == [{k: r[k] for k in ("lmbda", "steps_total", "kodak")} for r in old["rungs"]]
+    assert new["previous"]["base"]["kodak"] == old["base"]["kodak"]
+    # a base trained from scratch continues nothing
+    scratch = tmp_path / "scratch"
+    train("role=teacher", "lmbda=0.005", f"hydra.run.dir={scratch}")
+    run_module("lic_kd.teachers.ladder", str(rungs), str(copy), "--base", str(scratch), "--command", "x")
+    again = json.loads((copy / LADDER_FILE).read_text())
+    assert "continued_from" not in again["base"] and again["base"]["steps_total"] == 4
+    assert again["previous"]["base"]["steps_total"] == 46  # the ladder it replaced
