@@ -79,6 +79,13 @@ def _continued_base(base: dict[str, Any] | None, previous: dict[str, Any] | None
     }
 
 
+def _student_lmbdas(previous: dict[str, Any] | None, rungs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rungs a sweep of students takes by default (lic_kd.sweep), kept from the ladder this one replaces
+    while they are still rungs of it."""
+    chosen = (previous or {}).get("student_lmbdas")
+    return {"student_lmbdas": chosen} if chosen and set(chosen) <= {r["lmbda"] for r in rungs} else {}
+
+
 def _summary(ladder: dict[str, Any]) -> dict[str, Any]:
     """What a replaced ladder said: its commit, batches and Kodak numbers (not its weights), kept beside the new."""
     base = ladder.get("base") or {}
@@ -148,6 +155,7 @@ def build_ladder(
         "notes": note,
         "base": base_record,
         "rungs": rungs,
+        **_student_lmbdas(previous, rungs),
         **({"previous": _summary(previous)} if previous else {}),
     }
     (out_dir / LADDER_FILE).write_text(json.dumps(ladder, indent=2) + "\n")

@@ -236,7 +236,8 @@ def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_th
 
     copy = tmp_path / "smoke-ladder"
     shutil.copytree(ladder, copy)
-    old = json.loads((copy / LADDER_FILE).read_text())
+    old = json.loads((copy / LADDER_FILE).read_text()) | {"student_lmbdas": [0.05]}
+    (copy / LADDER_FILE).write_text(json.dumps(old))
     start = shutil.copy(copy / old["base"]["file"], tmp_path / "base-start.pth.tar")  # no ladder.json beside it
     base = tmp_path / "base"
     train("role=teacher", "lmbda=0.005", "steps=6", "val_every=3", f"student.init={start}", f"hydra.run.dir={base}")
@@ -249,6 +250,7 @@ def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_th
     assert [r["steps_total"] for r in new["rungs"]] == [40 + 6 + 2] * 2
     assert new["previous"]["rungs"] == [{k: r[k] for k in ("lmbda", "steps_total", "kodak")} for r in old["rungs"]]
     assert new["previous"]["base"]["kodak"] == old["base"]["kodak"]
+    assert new["student_lmbdas"] == [0.05]  # the students' default lambdas, still rungs: kept
     # a base trained from scratch continues nothing
     scratch = tmp_path / "scratch"
     train("role=teacher", "lmbda=0.005", f"hydra.run.dir={scratch}")
