@@ -69,8 +69,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return train_group(cfg)
     results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
-        log.info("%s exists: this run is complete, nothing to do", results_path)
-        return read_results(results_path)
+        done = read_results(results_path)
+        trained = done["run"].get("steps") or 0
+        if trained >= cfg.steps or not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            log.info("%s exists: this run is complete, nothing to do", results_path)
+            return done
+        # a larger budget for a finished run: train on from its last checkpoint; its evaluation so far is kept
+        results_path.rename(run_dir / f"results-{trained}.json")
+        log.info("trained %d of %d batches: training on from last.ckpt (its results: results-%d.json)",
+                 trained, cfg.steps, trained)  # fmt: skip
     start = time.perf_counter()
     use_threads(cfg.get("threads"))
     log.info(

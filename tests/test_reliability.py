@@ -45,3 +45,18 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path, workers):
         train("steps=6", "val_every=3", f"data.num_workers={workers}", f"hydra.run.dir={run}")
     a, b = (metrics(run) for run in runs)
     assert {k: a[k] for k in QUALITY} == {k: b[k] for k in QUALITY}
+
+
+def test_a_finished_run_given_a_larger_budget_trains_on_and_keeps_its_earlier_results(tmp_path):
+    """How a teacher is trained on (experiment=teacher_ladder with more steps): the same command with a larger
+    `steps` resumes from last.ckpt instead of calling the run complete; the earlier evaluation is kept beside."""
+    run = tmp_path / "run"
+    train("steps=4", "val_every=2", f"hydra.run.dir={run}")
+    first = json.loads((run / "results.json").read_text())
+    proc = train("steps=6", "val_every=2", f"hydra.run.dir={run}")
+    assert "trained 4 of 6 batches: training on from last.ckpt" in proc.stdout + proc.stderr
+    assert "at batch 4 of 6" in proc.stdout + proc.stderr
+    assert json.loads((run / "results-4.json").read_text()) == first
+    assert json.loads((run / "results.json").read_text())["run"]["steps"] == 6
+    again = train("steps=6", "val_every=2", f"hydra.run.dir={run}")  # the same budget: complete, nothing to do
+    assert "this run is complete, nothing to do" in again.stdout + again.stderr
