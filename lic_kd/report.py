@@ -32,6 +32,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="JSON",
         help="published curves in CompressAI's results format, added as named curves (anchors)",
     )
+    parser.add_argument(
+        "--ladder",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="shipped teacher ladders, each a curve from its ladder.json record (labelled as a record)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument(
         "--images", type=Path, default=REPO_ROOT / "data" / "kodak", help="evaluation images (visual comparison)"
@@ -48,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.reference,
         not args.no_figures,
         args.images,
+        args.ladder,
     )
     print((out / "rd_table.md").read_text())
     print((out / "bd_rate.md").read_text())

@@ -53,3 +53,22 @@ def test_results_written_before_the_restructure_are_the_same_curve_as_today():
     assert current_targets({"a": ["lic_kd.module.budget_plateau", 3]}) == {
         "a": ["lic_kd.training.module.budget_plateau", 3]
     }
+
+
+def test_report_of_a_shipped_ladder_against_a_published_curve_from_the_command_line(tmp_path):
+    """`python -m lic_kd.report --ladder DIR --reference JSON --anchor ...`: the ladder's teacher curve from its
+    record, labelled so, with a BD value against CompressAI's published hyperprior (no Kodak coded again)."""
+    import csv
+    import json
+
+    from conftest import REPO, run_module
+
+    ladder = REPO / "teachers" / "bmshj2018-hyperprior-N64-M96"
+    reference = REPO / "data" / "reference" / "compressai-bmshj2018-hyperprior_mse_cuda.json"
+    run_module("lic_kd.report", "--ladder", str(ladder), "--reference", str(reference), "--anchor",
+               "bmshj2018-hyperprior [ref]", "--name", "ladder", "--out-root", str(tmp_path), "--no-figures")  # fmt: skip
+    table = (tmp_path / "ladder" / "rd_table.md").read_text()
+    assert table.count("[ladder record]") == len(json.loads((ladder / "ladder.json").read_text())["rungs"])
+    rows = list(csv.DictReader(open(tmp_path / "ladder" / "bd_rate.csv")))
+    ours = [r for r in rows if "[ladder record]" in r["curve"]]
+    assert ours and all(float(r["bd_psnr_db"]) < 0 for r in ours)  # a CPU-budget ladder below the published one
