@@ -60,7 +60,14 @@ def _machine() -> dict[str, Any]:
     }
 
 
-KODAK_KEYS = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "n_images")  # what a ladder records of each network
+KODAK_KEYS = (
+    "bpp",
+    "bpp_payload",
+    "bpp_estimated",
+    "psnr",
+    "ms_ssim",
+    "n_images",
+)  # what a ladder records of each network
 
 
 def _continued_base(base: dict[str, Any] | None, previous: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -65,8 +65,9 @@ def test_report_of_a_shipped_ladder_against_a_published_curve_from_the_command_l
 
     ladder = REPO / "teachers" / "bmshj2018-hyperprior-N64-M96"
     reference = REPO / "data" / "reference" / "compressai-bmshj2018-hyperprior_mse_cuda.json"
-    run_module("lic_kd.report", "--ladder", str(ladder), "--reference", str(reference), "--anchor",
-               "bmshj2018-hyperprior [ref]", "--name", "ladder", "--out-root", str(tmp_path), "--no-figures")  # fmt: skip
+    anchor = ["--anchor", "bmshj2018-hyperprior [ref]"]
+    run_module("lic_kd.report", "--ladder", str(ladder), "--reference", str(reference), *anchor, "--name", "ladder",
+               "--out-root", str(tmp_path), "--no-figures")  # fmt: skip
     table = (tmp_path / "ladder" / "rd_table.md").read_text()
     assert table.count("[ladder record]") == len(json.loads((ladder / "ladder.json").read_text())["rungs"])
     rows = list(csv.DictReader(open(tmp_path / "ladder" / "bd_rate.csv")))
