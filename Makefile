@@ -18,7 +18,7 @@ DEMO_TEACHER_N ?= 64  # the teachers of make families and make variants
 TEACHERS ?= teachers/bmshj2018-hyperprior-N64-M96
 TEACHERS_RUN_DIR ?= outputs/teachers
 TEACHER_LAMBDAS ?= 0.0018,0.0035,0.0067,0.013,0.0009,0.0004,0.0002  # a new rung goes last: sweep job numbers name the run dirs
-# Budgets of their own: the base's batches (the shipped base's, docs/teachers.md) and each rung's fine-tune from it.
+# Budgets of their own: the base's batches (5x the shipped base's 4000, docs/teachers.md) and each rung's fine-tune.
 # TEACHER_LAUNCHER=slurm makes base and rungs jobs of the cluster (its hydra.launcher.* settings in TEACHER_OVERRIDES).
 TEACHER_BASE_STEPS ?= 20000
 TEACHER_RUNG_STEPS ?= 600
