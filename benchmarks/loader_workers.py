@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops = training_flops_per_crop(crop=256) if not args.smoke else training_flops_per_crop(16, 24, 64)
     gpu_crops = args.gpu_tflops * 1e12 * args.utilisation / flops
     per_worker = med[f"workers_{workers[0]}"] / workers[0]
+    workers_needed = math.ceil(gpu_crops / per_worker)
     ratios["gpu_need_vs_one_worker"] = ratio(
         gpu_crops,
         per_worker,
@@ -101,13 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gpu_tflops_assumed": args.gpu_tflops,
             "utilisation_assumed": args.utilisation,
             "gpu_crops_per_s": gpu_crops,
-            "workers_needed": math.ceil(gpu_crops / per_worker),
+            "workers_needed": workers_needed,
         },
     }
     notes = [
         f"one worker reads {per_worker:.0f} crops/s of {crop}x{crop} from PNG ({med['in_process']:.0f} in process); "
         f"one training crop is {flops / 1e9:.1f} GFLOP, so a GPU at {args.utilisation:.0%} of {args.gpu_tflops:g} "
-        f"TFLOP/s trains {gpu_crops:.0f} crops/s: {math.ceil(gpu_crops / per_worker)} workers of this CPU"
+        f"TFLOP/s trains {gpu_crops:.0f} crops/s: {workers_needed} workers of this CPU"
     ]
     return finish("loader_workers", args, env, settings, ratios, absolute, notes)
 
