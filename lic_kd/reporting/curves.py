@@ -136,6 +136,15 @@ def ladder_records(ladder_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def base_training(ladder_dir: Path) -> list[dict[str, Any]]:
+    """A shipped ladder's base teacher coded on Kodak at points of its training (ladder.json's
+    base.kodak_during_training), one row per point: whether more batches still paid."""
+    ladder = read_ladder(ladder_dir)
+    points = (ladder.get("base") or {}).get("kodak_during_training") or []
+    name = f"{ladder['name']} ({ladder_fingerprint(ladder)})"
+    return [{"ladder": name, "lmbda": ladder["base"]["lmbda"], **p} for p in points]
+
+
 def curve_label(run: dict[str, Any]) -> str:
     if run.get("source") == "ladder record":
         return curve_label({**run, "source": None}) + " [ladder record]"

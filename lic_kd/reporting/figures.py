@@ -363,3 +363,19 @@ def distillation(table: pd.DataFrame, path: Path) -> bool:
     axes[1].legend(fontsize=8)
     _save(fig, path)
     return True
+
+
+def base_training(points: pd.DataFrame, path: Path) -> bool:
+    """A ladder base's Kodak PSNR and bpp against its training batches: where more batches stop paying."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ladder, group in points.sort_values("batches").groupby("ladder", sort=False):
+        for ax, metric in ((axes[0], "psnr"), (axes[1], "bpp")):
+            ax.plot(group["batches"], group[metric], marker="o", label=ladder)
+    for ax, label in ((axes[0], "Kodak PSNR (dB)"), (axes[1], "Kodak bpp (from the bitstream)")):
+        ax.set_xlabel("training batches of the base")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"Base teacher during training (lambda {points['lmbda'].iloc[0]:g})", fontsize=10)
+    axes[1].legend(fontsize=8)
+    _save(fig, path)
+    return True

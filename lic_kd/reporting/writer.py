@@ -10,7 +10,7 @@ import pandas as pd
 from lic_kd import REPO_ROOT
 from lic_kd.errors import ConfigError
 from lic_kd.reporting import figures
-from lic_kd.reporting.curves import find_runs, ladder_records, rate_warnings, rd_table, table_columns
+from lic_kd.reporting.curves import base_training, find_runs, ladder_records, rate_warnings, rd_table, table_columns
 from lic_kd.reporting.references import export_curve, load_reference, safe_name
 from lic_kd.reporting.tables import (
     bd_table,
@@ -66,6 +66,7 @@ def write_report(
         "teacher_vs_codecs": codec_comparison(rd, method, rate),
         "learned_jpeg_vs_jpeg": learned_jpeg_table(rd, results, method, rate),
         "distillation": distillation_table(rd, anchor or default_anchor(rd), method, rate, metric),
+        "base_training": pd.DataFrame([point for ladder in ladders for point in base_training(ladder)]),
     }
     for table_name, table in extra.items():
         table.to_csv(out / f"{table_name}.csv", index=False)
@@ -163,6 +164,15 @@ def write_figures(
             "speed (student fps / teacher fps).\n",
             "![what distillation buys](distillation.png)\n" if made["distillation.png"] else "",
             distill.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g") + "\n",
+        ]
+    training = extra.get("base_training", pd.DataFrame())
+    if not training.empty and figures.base_training(training, out / "base_training.png"):
+        sections += [
+            "## The ladders' base teachers during their training\n",
+            "Each base teacher coded on Kodak (real bitstreams) at points of its training, at its own lambda "
+            "(ladder.json's base.kodak_during_training); batches counted from the first base's start.\n",
+            "![base training](base_training.png)\n",
+            training.to_markdown(index=False, floatfmt=".4g") + "\n",
         ]
     if made["quality_vs_kmac.png"]:
         sections += [

@@ -82,8 +82,24 @@ def _continued_base(base: dict[str, Any] | None, previous: dict[str, Any] | None
     if sha256(Path(str(init))) != prior["sha256"]:
         return None
     return {k: prior.get(k) for k in ("file", "sha256", "steps_total", "wall_time_s")} | {
-        "commit": previous.get("commit")
+        "commit": previous.get("commit"),
+        "kodak": {k: (prior.get("kodak") or {}).get(k) for k in ("bpp", "psnr", "ms_ssim")},
     }
+
+
+def kodak_during_training(base_dir: Path, continued: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The base's Kodak quality at each point it was coded while training (a run trained on with a larger
+    `steps` keeps each earlier evaluation as results-<batches>.json), batches counted from the first base's
+    start: the curve that says whether more batches still pay."""
+    points = (
+        [{"batches": continued["steps_total"], **continued["kodak"]}] if continued and continued.get("kodak") else []
+    )
+    offset = (continued or {}).get("steps_total") or 0
+    for path in [*base_dir.glob("results-*.json"), base_dir / "results.json"]:
+        result = read_results(path)
+        metrics = {k: result["metrics"].get(k) for k in ("bpp", "psnr", "ms_ssim")}
+        points.append({"batches": offset + int(result["run"]["steps"]), **metrics})
+    return sorted(points, key=lambda p: p["batches"])
 
 
 def _student_lmbdas(previous: dict[str, Any] | None, rungs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,6 +157,7 @@ def build_ladder(
             "wall_time_s": round(base_wall, 1),
             "resumed_at_batches": resumes,
             "kodak": {k: base["metrics"].get(k) for k in KODAK_KEYS},
+            "kodak_during_training": kodak_during_training(base_dir, continued),
             **({"continued_from": continued} if continued else {}),
         }
     base_steps = (base_record or {}).get("steps_total") or 0

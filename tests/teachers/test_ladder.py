@@ -1,6 +1,7 @@
 """Teacher ladders: a sweep of teachers shipped as CompressAI-format weights with provenance and hashes,
 named like a sweep directory by KD runs, evaluated by lambda, and read by CompressAI itself."""
 
+import csv
 import json
 
 import pytest
@@ -240,14 +241,32 @@ def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_th
     (copy / LADDER_FILE).write_text(json.dumps(old))
     start = shutil.copy(copy / old["base"]["file"], tmp_path / "base-start.pth.tar")  # no ladder.json beside it
     base = tmp_path / "base"
-    train("role=teacher", "lmbda=0.005", "steps=6", "val_every=3", f"student.init={start}", f"hydra.run.dir={base}")
+    for steps in (6, 9):  # trained on in two segments, each coded on the images
+        train(
+            "role=teacher",
+            "lmbda=0.005",
+            f"steps={steps}",
+            "val_every=3",
+            f"student.init={start}",
+            f"hydra.run.dir={base}",
+        )
     rungs = tmp_path / "rungs"
     train("-m", "role=teacher", "lmbda=0.005,0.05", "steps=2", f"student.init={base}", f"hydra.sweep.dir={rungs}")
     run_module("lic_kd.teachers.ladder", str(rungs), str(copy), "--base", str(base), "--command", "x")
     new = json.loads((copy / LADDER_FILE).read_text())
-    assert new["base"]["steps_total"] == 40 + 6 and new["base"]["continued_from"]["sha256"] == old["base"]["sha256"]
+    assert new["base"]["steps_total"] == 40 + 9 and new["base"]["continued_from"]["sha256"] == old["base"]["sha256"]
     assert new["base"]["wall_time_s"] > old["base"]["wall_time_s"]
-    assert [r["steps_total"] for r in new["rungs"]] == [40 + 6 + 2] * 2
+    assert [r["steps_total"] for r in new["rungs"]] == [40 + 9 + 2] * 2
+    # the base's Kodak curve: the old base where it started, then each segment's evaluation
+    during = new["base"]["kodak_during_training"]
+    assert [p["batches"] for p in during] == [40, 46, 49] and during[0]["psnr"] == old["base"]["kodak"]["psnr"]
+    segment = json.loads((base / "results-6.json").read_text())["metrics"]
+    assert during[1]["psnr"] == segment["psnr"] and during[-1]["psnr"] == new["base"]["kodak"]["psnr"]
+    reports = tmp_path / "reports"
+    run_module("lic_kd.report", "--ladder", str(copy), "--name", "base", "--out-root", str(reports))
+    table = list(csv.DictReader(open(reports / "base" / "base_training.csv")))
+    assert [int(r["batches"]) for r in table] == [40, 46, 49] and (reports / "base" / "base_training.png").is_file()
+    assert "![base training](base_training.png)" in (reports / "base" / "report.md").read_text()
     assert new["previous"]["rungs"] == [{k: r[k] for k in ("lmbda", "steps_total", "kodak")} for r in old["rungs"]]
     assert new["previous"]["base"]["kodak"] == old["base"]["kodak"]
     assert new["student_lmbdas"] == [0.05]  # the students' default lambdas, still rungs: kept
@@ -257,4 +276,5 @@ def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_th
     run_module("lic_kd.teachers.ladder", str(rungs), str(copy), "--base", str(scratch), "--command", "x")
     again = json.loads((copy / LADDER_FILE).read_text())
     assert "continued_from" not in again["base"] and again["base"]["steps_total"] == 4
-    assert again["previous"]["base"]["steps_total"] == 46  # the ladder it replaced
+    assert [p["batches"] for p in again["base"]["kodak_during_training"]] == [4]
+    assert again["previous"]["base"]["steps_total"] == 49  # the ladder it replaced
