@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--reference",
         type=Path,
         nargs="*",
+        action="extend",  # --reference A --reference B: both
         default=[],
         metavar="JSON",
         help="published curves in CompressAI's results format, added as named curves (anchors)",
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--ladder",
         type=Path,
         nargs="*",
+        action="extend",  # --ladder A --ladder B: both
         default=[],
         metavar="DIR",
         help="shipped teacher ladders, each a curve from its ladder.json record (labelled as a record)",

@@ -263,9 +263,18 @@ def test_a_base_trained_on_from_the_shipped_base_counts_its_batches_and_keeps_th
     segment = json.loads((base / "results-6.json").read_text())["metrics"]
     assert during[1]["psnr"] == segment["psnr"] and during[-1]["psnr"] == new["base"]["kodak"]["psnr"]
     reports = tmp_path / "reports"
-    run_module("lic_kd.report", "--ladder", str(copy), "--name", "base", "--out-root", str(reports))
+    # the new ladder beside the one it replaced: two curves, each named by its fingerprint, neither dropped
+    run_module(
+        "lic_kd.report", "--ladder", str(copy), "--ladder", str(ladder), "--name", "base", "--out-root", str(reports)
+    )
+    curves = {r["curve"] for r in csv.DictReader(open(reports / "base" / "rd_table.csv"))}
+    assert len({c for c in curves if "[ladder record]" in c}) == 2
     table = list(csv.DictReader(open(reports / "base" / "base_training.csv")))
-    assert [int(r["batches"]) for r in table] == [40, 46, 49] and (reports / "base" / "base_training.png").is_file()
+    by_ladder = {
+        name: [int(r["batches"]) for r in table if r["ladder"] == name] for name in {r["ladder"] for r in table}
+    }
+    assert sorted(by_ladder.values()) == [[40], [40, 46, 49]]  # the old base coded once, the new one on the way
+    assert (reports / "base" / "base_training.png").is_file()
     assert "![base training](base_training.png)" in (reports / "base" / "report.md").read_text()
     assert new["previous"]["rungs"] == [{k: r[k] for k in ("lmbda", "steps_total", "kodak")} for r in old["rungs"]]
     assert new["previous"]["base"]["kodak"] == old["base"]["kodak"]
