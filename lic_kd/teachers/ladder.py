@@ -136,6 +136,7 @@ def build_ladder(
     runs = sorted((read_results(p) for p in Path(sweep_dir).glob("*/results.json")), key=lambda r: r["run"]["lmbda"])
     if not runs:
         raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+    commit = _git_commit()  # before this function writes into the work tree
     base = read_results(base_dir / "results.json") if base_dir else None
     previous = read_ladder(out_dir) if (out_dir / LADDER_FILE).is_file() else None  # read before it is replaced
     continued = _continued_base(base, previous)
@@ -170,7 +171,7 @@ def build_ladder(
         **{k: v for k, v in net_cfg.items() if k != "_target_"},
         "metric": (first.get("objective") or {}).get("metric", "mse"),
         "command": command,
-        "commit": _git_commit(),
+        "commit": commit,
         "data": {
             "train": _train_dirs(Path(first["run_dir"])),
             "evaluation": "Kodak (24 images), coded for real, never trained on",
@@ -216,6 +217,7 @@ def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None 
     to the ladder as new rungs, each with its own command and commit; a rung at the same lambda is replaced."""
 
     ladder = read_ladder(out_dir)
+    commit = _git_commit()  # before this function writes into the work tree
     base = ladder.get("base") or {}
     runs = [read_results(p) for p in Path(sweep_dir).glob("*/results.json")]
     if not runs:
@@ -231,7 +233,7 @@ def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None 
         rung = _export_rung(
             r, out_dir, ladder["name"], base.get("steps_total") or 0, base.get("wall_time_s") or 0.0, "base"
         )
-        added.append(rung | {"command": command, "commit": _git_commit()})
+        added.append(rung | {"command": command, "commit": commit})
     new_lambdas = {r["lmbda"] for r in added}
     kept = [r for r in ladder["rungs"] if r["lmbda"] not in new_lambdas]
     for old in set(r["file"] for r in ladder["rungs"]) - set(r["file"] for r in kept):
