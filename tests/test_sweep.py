@@ -71,7 +71,7 @@ def test_the_study_plans_trains_reports_and_resumes(tmp_path):
     runs = sorted((tmp_path / "outputs" / "sweeps" / name).glob("*/N*/results.json"))
     assert len(runs) == 8
     rd = (report / "rd_table.csv").read_text()
-    assert "teacher-N64-M96 [ladder record]" in rd  # the teacher curve, from the ladder's record
+    assert "teacher-N64-M96 [ladder record" in rd  # the teacher curve, from the ladder's record
     distillation = (report / "distillation.csv").read_text().splitlines()
     assert {line.split(",")[1] for line in distillation[1:]} == {"8.0", "12.0"}  # a paired row per width
 

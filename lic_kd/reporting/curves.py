@@ -128,6 +128,7 @@ def ladder_records(ladder_dir: Path) -> list[dict[str, Any]]:
                 "steps": rung.get("steps_total"),
                 "settings": settings,
                 "source": "ladder record",
+                "ladder_base_steps": (ladder.get("base") or {}).get("steps_total"),
                 "run_dir": str(ladder_dir),
             },
             rung["kodak"],
@@ -146,8 +147,9 @@ def base_training(ladder_dir: Path) -> list[dict[str, Any]]:
 
 
 def curve_label(run: dict[str, Any]) -> str:
-    if run.get("source") == "ladder record":
-        return curve_label({**run, "source": None}) + " [ladder record]"
+    if run.get("source") == "ladder record":  # its base's batches tell a retrained ladder from the one it replaced
+        base = f", base {run['ladder_base_steps']} batches" if run.get("ladder_base_steps") else ""
+        return curve_label({**run, "source": None}) + f" [ladder record{base}]"
     if run["role"] == "codec":
         return run["architecture"]
     if run["role"] == "reference":  # published: kept apart from our own run of the same codec

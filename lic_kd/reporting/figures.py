@@ -40,7 +40,10 @@ def _styles(rd: pd.DataFrame) -> dict[str, dict[str, Any]]:
         curves = group.sort_values(["N", "curve"], na_position="last")["curve"].unique()
         for i, curve in enumerate(curves):
             color = base.get("color") or plt.get_cmap(base["cmap"])(0.45 + 0.5 * (i + 1) / (len(curves) + 1))
-            styles[curve] = {"color": color, "marker": base["marker"], "linestyle": base["linestyle"]}
+            # curves of a one-colour role (two teacher ladders) differ by line and marker fill instead
+            linestyle = ("-", "--", ":", "-.")[i % 4] if base.get("color") else base["linestyle"]
+            fill = "full" if not base.get("color") or i == 0 else "none"
+            styles[curve] = {"color": color, "marker": base["marker"], "linestyle": linestyle, "fillstyle": fill}
     return styles
 
 

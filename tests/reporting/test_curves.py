@@ -69,7 +69,7 @@ def test_report_of_a_shipped_ladder_against_a_published_curve_from_the_command_l
     run_module("lic_kd.report", "--ladder", str(ladder), "--reference", str(reference), *anchor, "--name", "ladder",
                "--out-root", str(tmp_path), "--no-figures")  # fmt: skip
     table = (tmp_path / "ladder" / "rd_table.md").read_text()
-    assert table.count("[ladder record]") == len(json.loads((ladder / "ladder.json").read_text())["rungs"])
+    assert table.count("[ladder record") == len(json.loads((ladder / "ladder.json").read_text())["rungs"])
     rows = list(csv.DictReader(open(tmp_path / "ladder" / "bd_rate.csv")))
-    ours = [r for r in rows if "[ladder record]" in r["curve"]]
+    ours = [r for r in rows if "[ladder record" in r["curve"]]
     assert ours and all(float(r["bd_psnr_db"]) < 0 for r in ours)  # a CPU-budget ladder below the published one
