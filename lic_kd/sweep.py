@@ -82,6 +82,11 @@ def teacher_arguments(arguments: Sequence[str], cfg: DictConfig) -> list[str]:
     return out
 
 
+def _shown(overrides: Sequence[str]) -> str:
+    """A job as the plan and its errors name it: its own overrides, less Hydra's and the plan flag."""
+    return " ".join(o for o in overrides if not _key(o).startswith("hydra.") and _key(o) != "plan_only")
+
+
 def sweep_name(arguments: Sequence[str]) -> str:
     """A sweep directory's name from the command's own arguments: the same command, the same sweep."""
     text = " ".join(sorted(a for a in arguments if not _key(a).startswith("hydra.") and _key(a) != "plan_only"))
@@ -201,7 +206,7 @@ def plan(jobs: Sequence[tuple[Sequence[str], DictConfig, list[CodecModule]]], sw
         batch_s, evaluate_s = measured[key]
         seconds = 1.15 * cfg.steps * batch_s + evaluate_s
         per_job.append(seconds)
-        shown = " ".join(o for o in overrides if not _key(o).startswith("hydra."))
+        shown = _shown(overrides)
         lines.append(
             f"  job {number}: {len(modules)} student(s), {cfg.steps} batches, ~{format_duration(seconds)}: {shown}"
         )
@@ -240,7 +245,7 @@ def preflight(
                 try:
                     checked.append((overrides, cfg, check_job(cfg, datamodules)))
                 except UserError as err:
-                    shown = " ".join(o for o in overrides if not _key(o).startswith("hydra."))
+                    shown = _shown(overrides)
                     raise ConfigError(f"job {shown}: {err}") from None  # the line names the job
     finally:
         if saved is not None:

@@ -62,6 +62,7 @@ def test_the_study_plans_trains_reports_and_resumes(tmp_path):
     command = ["-m", "student.N=8,12", "lmbda=0.0009,0.0018", *TINY]
     planned = run_module("lic_kd.train", *command, "plan_only=true", cwd=tmp_path)
     assert "plan: 4 jobs, 8 students, on joblib, 2 processes at once" in planned.stdout
+    assert "plan_only" not in planned.stdout  # the jobs as they will run, without the flag that only plans them
     name = sweep_name(command[1:])
     assert f"sweep dir outputs/sweeps/{name}" in planned.stdout and not (tmp_path / "outputs").exists()
 
