@@ -60,6 +60,7 @@ def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
                 .sort_values(rate)
             )
             ax.plot(group[rate], group[metric], label=curve, markersize=5, **styles[curve])
+        _zoom_on_own_curves(ax, rd, rate, metric)
         ax.set_xlabel(f"{rate} (bits per pixel{', from the bitstream' if rate == 'bpp' else ''})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -67,6 +68,19 @@ def rd_curves(rd: pd.DataFrame, path: Path, rate: str = "bpp") -> None:
     axes[1].set_title("Rate-distortion: MS-SSIM")
     axes[1].legend(fontsize=7, loc="lower right", ncol=2)
     _save(fig, path)
+
+
+def _zoom_on_own_curves(ax: plt.Axes, rd: pd.DataFrame, rate: str, metric: str) -> None:
+    """The rates of the runs themselves, not the published curves' up to 4-5 bpp (which would crowd every run
+    into a corner): the axes end past the highest rate a run reached, the references cut there."""
+    own = rd[~rd["role"].isin(["reference", "codec"])].dropna(subset=[rate, metric])
+    if own.empty:
+        return
+    right = 1.25 * own[rate].max()
+    shown = rd[rd[rate] <= right].dropna(subset=[metric])[metric]
+    pad = 0.05 * (shown.max() - shown.min() or 1.0)
+    ax.set_xlim(0, right)
+    ax.set_ylim(shown.min() - pad, shown.max() + pad)
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) -> pd.DataFrame:
