@@ -77,7 +77,10 @@ def _zoom_on_own_curves(ax: plt.Axes, rd: pd.DataFrame, rate: str, metric: str) 
     if own.empty:
         return
     right = 1.25 * own[rate].max()
-    shown = rd[rd[rate] <= right].dropna(subset=[metric])[metric]
+    shown = rd.loc[rd[rate] <= right, metric]
+    shown = shown[np.isfinite(shown.astype(float))]
+    if not right > 0 or shown.empty:
+        return
     pad = 0.05 * (shown.max() - shown.min() or 1.0)
     ax.set_xlim(0, right)
     ax.set_ylim(shown.min() - pad, shown.max() + pad)
