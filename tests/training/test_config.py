@@ -144,3 +144,21 @@ def test_make_teachers_gives_base_and_rungs_budgets_of_their_own_through_the_lau
     )
     assert "-m experiment" in base and "steps=2000000 " in base and "launcher=slurm " in base
     assert "steps=100000 " in rungs and "launcher=slurm " in rungs and "student.init=outputs/teachers/base/0" in rungs
+
+
+def test_the_teacher_ladder_trains_on_photos_shipped_in_the_repository():
+    """make teachers on a fresh clone: every training folder is inside the repository, holds the images its
+    SHA256SUMS lists, and Kodak is not among them."""
+    import hashlib
+
+    from lic_kd.data import list_images
+
+    cfg = make(["experiment=teacher_ladder"])
+    folders = [REPO / "data" / "cbsd68", REPO / "data" / "wikipedia-photos"]
+    assert [str(f) for f in folders] == list(cfg.data.train_dir)
+    for folder in folders:
+        listed = dict(line.split()[::-1] for line in (folder / "SHA256SUMS").read_text().splitlines())
+        images = list_images(folder)
+        assert sorted(p.name for p in images) == sorted(listed)
+        assert all(hashlib.sha256(p.read_bytes()).hexdigest() == listed[p.name] for p in images)
+    assert len(list_images(folders[0])) + len(list_images(folders[1])) == 117
