@@ -25,6 +25,23 @@ def test_a_teachers_retrained_weights_are_named_by_their_hash_only_when_the_path
     assert distinct_labels("kd", other_path) == ["kd teacher.checkpoint=t1", "kd teacher.checkpoint=t2"]
 
 
+def test_a_setting_that_follows_from_another_is_left_out_of_the_label():
+    """A plain student cut from the teacher records the teacher it was cut from, one from random init none: the
+    init tells the two curves apart, the teacher's keys add nothing but length."""
+    settings = [
+        {"student.init": "random", "teacher.checkpoint": None, "teacher.architecture": None, "steps": 2000},
+        {"student.init": "teacher", "teacher.checkpoint": "/t/ladder", "teacher.architecture": "SH", "steps": 2000},
+        {"student.init": "teacher", "teacher.checkpoint": "/t/ladder", "teacher.architecture": "SH", "steps": 200},
+    ]
+    assert distinct_labels("student-N16", settings) == [
+        "student-N16 steps=2000,init=random",
+        "student-N16 steps=2000,init=teacher",
+        "student-N16 steps=200,init=teacher",
+    ]
+    settings[2]["teacher.checkpoint"] = "/t/other"  # two teachers: which one is part of the curve's name
+    assert distinct_labels("student-N16", settings)[2] == "student-N16 steps=200,init=teacher,teacher.checkpoint=other"
+
+
 def test_curve_label_says_role_pruning_word_lengths_and_widths():
     run = {
         "role": "kd",
