@@ -54,6 +54,28 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def check_same_run(results_path: Path, wanted: dict[str, Any]) -> None:
+    """A finished run is left as it is on re-running only when it is the run asked for: results of another
+    configuration in its directory (trained from a teacher since retrained, at another lr) are named, not
+    reported as this one's. Settings either side lacks (recorded by an older lic_kd) and the budget (a larger one
+    trains on) are not compared."""
+    from lic_kd.errors import ConfigError
+
+    recorded = current_targets(read_results(results_path)["run"].get("settings") or {})
+    wanted = current_targets(wanted)
+
+    def same(key: str) -> bool:
+        return json.dumps(recorded[key], sort_keys=True) == json.dumps(wanted[key], sort_keys=True)
+
+    differ = [k for k in sorted(set(recorded) & set(wanted)) if k != "steps" and not same(k)]
+    if differ:
+        shown = "; ".join(f"{k}={recorded[k]} there, {wanted[k]} now" for k in differ[:3])
+        raise ConfigError(
+            f"{results_path.parent} holds a finished run of another configuration ({shown}): give this one another "
+            "directory (hydra.sweep.dir=... or hydra.run.dir=...) or move that run away"
+        )
+
+
 def environment() -> dict[str, Any]:
     """What the numbers were measured with."""
     import compressai

@@ -31,10 +31,10 @@ from lic_kd.evaluation.profiling import use_threads
 from lic_kd.models.checkpoints import load_net
 from lic_kd.models.ladder import is_ladder, read_ladder
 from lic_kd.reporting.writer import write_report
-from lic_kd.results import read_results
+from lic_kd.results import RESULTS_FILE, check_same_run, read_results
 from lic_kd.training.members import group_members, member_config
 from lic_kd.training.module import CodecModule
-from lic_kd.training.setup import apply_pruning, check_config, check_quant, lr_schedule
+from lic_kd.training.setup import apply_pruning, check_config, check_quant, lr_schedule, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def check_job(cfg: DictConfig, datamodules: dict[str, Any]) -> list[CodecModule]
     for member in members_of(cfg):
         check_config(member)
         apply_pruning(member)
+        if (Path(member.paths.output_dir) / RESULTS_FILE).is_file():  # a finished run is skipped: if it is this one
+            check_same_run(Path(member.paths.output_dir) / RESULTS_FILE, run_settings(member))
         check_quant(member)
         shared = (modules[0].teacher, modules[0].z_teacher) if modules and modules[0].is_kd else None
         uses_teacher = member.role == "kd" or member.student.get("init") == "teacher"
@@ -204,13 +206,16 @@ def plan(jobs: Sequence[tuple[Sequence[str], DictConfig, list[CodecModule]]], sw
             images = len(list_eval_images(cfg))
             measured[key] = (seconds_per_batch(modules, cfg), seconds_to_evaluate(modules, images))
         batch_s, evaluate_s = measured[key]
-        seconds = 1.15 * cfg.steps * batch_s + evaluate_s
+        finished = sum((Path(m.paths.output_dir) / RESULTS_FILE).is_file() for m in members_of(cfg))
+        seconds = (1.15 * cfg.steps * batch_s + evaluate_s) * (1 - finished / len(modules))
         per_job.append(seconds)
         shown = _shown(overrides)
-        lines.append(
-            f"  job {number}: {len(modules)} student(s), {cfg.steps} batches, ~{format_duration(seconds)}: {shown}"
-        )
+        state = "done" if finished == len(modules) else f"~{format_duration(seconds)}"
+        state += f" ({finished} with results)" if 0 < finished < len(modules) else ""
+        lines.append(f"  job {number}: {len(modules)} student(s), {cfg.steps} batches, {state}: {shown}")
     total = sum(per_job) / parallel if parallel else max(per_job, default=0)
+    if not all(per_job):
+        lines.insert(0, f"  {per_job.count(0)} of {len(jobs)} jobs done: the time above is for the others")
     students = sum(len(m) for _, _, m in jobs)
     name = Path(sweep_cfg.hydra.sweep.dir).name
     head = [

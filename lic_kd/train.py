@@ -24,7 +24,7 @@ from lic_kd.errors import ConfigError, run_cli
 from lic_kd.evaluation.profiling import use_threads
 from lic_kd.evaluation.run import evaluate_run
 from lic_kd.io import write_json_atomic
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, failure_record, read_results
+from lic_kd.results import FAILURE_FILE, RESULTS_FILE, check_same_run, failure_record, read_results
 from lic_kd.training.group import StudentGroup
 from lic_kd.training.members import (
     group_members,
@@ -41,6 +41,7 @@ from lic_kd.training.setup import (
     fit,
     hydra_overrides,
     make_trainer,
+    pruned_config,
     run_settings,
     training_record,
 )
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return train_group(cfg)
     results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
+        check_same_run(results_path, run_settings(pruned_config(cfg)))
         done = read_results(results_path)
         trained = done["run"].get("steps") or 0
         if trained >= cfg.steps or not (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -154,6 +156,9 @@ def train_group(cfg: DictConfig) -> dict[str, Any]:
     students = group_members(cfg)
     members_cfg = {name: member_config(cfg, name, student) for name, student in students.items()}
     member_dirs = {name: Path(c.paths.output_dir) for name, c in members_cfg.items()}
+    for name, member_dir in member_dirs.items():
+        if (member_dir / RESULTS_FILE).is_file():
+            check_same_run(member_dir / RESULTS_FILE, run_settings(members_cfg[name]))
     pending = [name for name, d in member_dirs.items() if not (d / RESULTS_FILE).is_file()]
     if not pending:
         log.info("every student of %s has its %s: complete, nothing to do", run_dir, RESULTS_FILE)

@@ -2,6 +2,7 @@
 on the next run of the same command, and the same command gives the same metrics."""
 
 import json
+import re
 
 import pytest
 
@@ -60,3 +61,10 @@ def test_a_finished_run_given_a_larger_budget_trains_on_and_keeps_its_earlier_re
     assert json.loads((run / "results.json").read_text())["run"]["steps"] == 6
     again = train("steps=6", "val_every=2", f"hydra.run.dir={run}")  # the same budget: complete, nothing to do
     assert "this run is complete, nothing to do" in again.stdout + again.stderr
+    finished = (run / "results.json").read_bytes()
+    other = train("steps=6", "val_every=2", "optimizer.main.lr=3e-4", f"hydra.run.dir={run}", check=False)
+    assert other.returncode == 2  # another configuration is not this run, finished: named, and nothing touched
+    assert re.search(
+        r"holds a finished run of another configuration \(optimizer.main.lr=[\d.e-]+ there, 0.0003 now\)", other.stderr
+    )
+    assert (run / "results.json").read_bytes() == finished and not (run / "results-6.json").exists()

@@ -81,3 +81,12 @@ def test_the_study_plans_trains_reports_and_resumes(tmp_path):
     assert [p.stat().st_mtime for p in runs] == mtimes
     assert "complete, nothing to do" in again.stderr + again.stdout
     assert json.loads(runs[0].read_text())["run"]["training"]["segments"]
+    replanned = run_module("lic_kd.train", *command, "plan_only=true", cwd=tmp_path)
+    assert "4 of 4 jobs done" in replanned.stdout and replanned.stdout.count(", done: ") == 4
+
+    # the same sweep dir asked for with another setting (a make target's fixed STUDY_DIR, a retrained teacher):
+    # refused before anything trains, the finished runs kept
+    sweep_dir = f"hydra.sweep.dir='{tmp_path / 'outputs' / 'sweeps' / name}'"  # quoted: the name holds = and ,
+    other = run_module("lic_kd.train", *command, "optimizer.main.lr=3e-4", sweep_dir, check=False, cwd=tmp_path)
+    assert other.returncode == 2 and "finished run of another configuration (optimizer.main.lr=" in other.stderr
+    assert [p.stat().st_mtime for p in runs] == mtimes

@@ -3,6 +3,7 @@ Trainer, resuming."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -102,6 +103,15 @@ def apply_pruning(cfg: DictConfig) -> None:
         if "hyper_N" in widths and "hyper_N" in cfg.model:
             cfg.model.hyper_N = widths["hyper_N"]
     log.info("pruning %s to %s", type(source).__name__, ", ".join(f"{k}={v}" for k, v in widths.items()))
+
+
+def pruned_config(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` with its pruned widths set (apply_pruning), the configuration a pruned run records."""
+    if not cfg.get("prune"):
+        return cfg
+    pruned = copy.deepcopy(cfg)
+    apply_pruning(pruned)
+    return pruned
 
 
 def check_quant(cfg: DictConfig) -> None:

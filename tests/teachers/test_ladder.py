@@ -105,6 +105,21 @@ def test_damaged_ladder_file_is_named(ladder, tmp_path):
         load_net(copy, lmbda=0.005)
 
 
+def test_an_evaluation_of_a_ladder_since_retrained_is_named_not_kept(ladder, tmp_path):
+    """make demo and make study code the shipped ladder into a fixed directory: after the ladder is retrained,
+    the same command must not keep the old rungs' numbers as the new ones'."""
+    run_dir = tmp_path / "teacher"
+    evaluate = ("lic_kd.evaluate", f"checkpoint={ladder}", "lmbda=0.005", "limit=1", f"hydra.run.dir={run_dir}")
+    run_module(*evaluate)
+    assert "complete, nothing to do" in (again := run_module(*evaluate)).stdout + again.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    results["run"]["settings"]["ladder.fingerprint"] = "0123456789ab"  # what the ladder before its retraining had
+    (run_dir / "results.json").write_text(json.dumps(results))
+    proc = run_module(*evaluate, check=False)
+    assert proc.returncode == 2 and "another configuration (ladder.fingerprint=0123456789ab there," in proc.stderr
+    assert json.loads((run_dir / "results.json").read_text()) == results
+
+
 def test_students_start_from_the_ladder_and_report_what_kd_buys(ladder, tmp_path):
     teachers = tmp_path / "teachers"
     # as make demo runs them: jobs in two parallel processes of one torch thread each (launcher=joblib)
