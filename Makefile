@@ -85,6 +85,7 @@ teachers: install
 # and from teacher initialisation, at every lambda of the ladder, over seeds; the report answers "what
 # distillation buys" with 95 % intervals. The same target runs on SLURM: make study STUDY_LAUNCHER=slurm. Each job
 # trains the 6 students of one role, lambda and seed together (3 widths x 2 inits): one teacher forward per batch.
+# The report is multirun_reports/<the name of STUDY_DIR>/.
 STUDY_DIR ?= outputs/study
 STUDY_WIDTHS ?= 16,32,48
 STUDY_LAMBDAS ?= 0.0004,0.0009,0.0018,0.0035  # where thin students trade rate for quality (the demo's range)
@@ -97,7 +98,7 @@ study: install codecs
 	$(PY) -m lic_kd.train -m experiment=demo launcher=$(STUDY_LAUNCHER) role=kd,student 'student.init=[random,teacher]' \
 		'student.N=[$(STUDY_WIDTHS)]' lmbda=$(STUDY_LAMBDAS) seed=$(STUDY_SEEDS) teacher.checkpoint=$(TEACHERS) \
 		$(STUDY_OVERRIDES) hydra.sweep.dir=$(STUDY_DIR)/students
-	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name study --reference $(REFERENCES)
+	$(PY) -m lic_kd.report $(STUDY_DIR)/teachers $(STUDY_DIR)/students $(DEMO_DIR)/codecs --name $(notdir $(STUDY_DIR)) --reference $(REFERENCES)
 
 # Frugal codecs on the shipped ladder, each technique alone and all three in one command: structured pruning
 # (prune.keep of the teacher's channels, fine-tuned plain and with KD from the unpruned teacher), post-training
