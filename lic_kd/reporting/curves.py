@@ -224,7 +224,7 @@ def distinct_labels(base: str, settings: Sequence[dict[str, Any]]) -> list[str]:
     shortened; a short hash where shortening would merge two."""
     keys = sorted({k for s in settings for k in s if len({json.dumps(x.get(k), sort_keys=True) for x in settings}) > 1})
     keys = [k for k in keys if not (k.endswith("_sha256") and k.removesuffix("_sha256") in keys)]  # the path says it
-    keys = sorted(_telling_keys(keys, settings))
+    keys = _telling_keys(keys, settings)  # in the order given: sorted
     labels = [base + " " + ",".join(f"{label_key(k)}={short_value(s.get(k))}" for k in keys) for s in settings]
     by_label: dict[str, set[str]] = {}
     for label, s in zip(labels, settings):
@@ -244,17 +244,16 @@ def _telling_keys(keys: Sequence[str], settings: Sequence[dict[str, Any]]) -> li
     """The keys less those set in some runs and unset (None) in the others, with one value wherever set, when the
     other keys already say which runs set them: a plain student's teacher.checkpoint follows from its init."""
 
-    def values(key: str) -> set[str]:
-        return {json.dumps(s.get(key), sort_keys=True) for s in settings if s.get(key) is not None}
-
     def on_off(key: str) -> bool:
-        return len(values(key)) == 1 and any(s.get(key) is None for s in settings)
+        values = {json.dumps(s.get(key), sort_keys=True) for s in settings if s.get(key) is not None}
+        return len(values) == 1 and any(s.get(key) is None for s in settings)
 
-    kept = [k for k in keys if not on_off(k)]
+    switched_keys = [k for k in keys if on_off(k)]
+    kept = [k for k in keys if k not in switched_keys]
     switched: dict[str, set[bool]] = {}
     for s in settings:
         shown = json.dumps([s.get(k) for k in kept], sort_keys=True)
-        switched.setdefault(shown, set()).update(s.get(k) is None for k in keys if on_off(k))
+        switched.setdefault(shown, set()).update(s.get(k) is None for k in switched_keys)
     told = all(len(states) <= 1 for states in switched.values())
     return kept if told and kept else list(keys)
 
