@@ -1,11 +1,11 @@
 """KD step against a plain student step of the same width, for a sweep of students; and what one teacher forward
-shared by a list of students costs (lic_kd.training.group: `student.N=[16,32,48]` trains them in one process, one
+shared by a list of students costs (lic_kd.training.module: `student.N=[16,32,48]` trains them in one process, one
 teacher forward per batch), measured for the list's prefixes and derived for k students of one width.
 
 Students: ScaleHyperprior N=16 and 32, M=96, started from the shipped teacher (student.init=teacher); teacher:
 the shipped ladder's N=64 M=96 rung at lambda 0.0067; demo batches (8 crops of 128x128 from CBSD68). Both
-modules are lic_kd's CodecModule, built from the configuration `python -m lic_kd.train experiment=demo
-role=kd|student ...` composes, and stepped the way its training_step steps them (`_step`, backward, clipping,
+modules are lic_kd's, built from the configuration `python -m lic_kd.train experiment=demo
+role=kd|student ...` composes, and stepped the way its training_step steps them (`Student.losses`, backward, clipping,
 main and auxiliary Adam), without a Trainer: the Trainer's own cost is benchmarks.train_step's. Every variant
 runs once per round, in rotating order; the ratios are medians over rounds of same-round ratios.
 
@@ -39,9 +39,10 @@ SHARED_K = (1, 2, 4, 8)
 
 
 def build(role: str, width: int, smoke: bool) -> Any:
-    """A CodecModule exactly as lic_kd.train builds it for this role and width."""
+    """A run's LightningModule exactly as lic_kd.train builds it for this role and width (one student)."""
 
-    from lic_kd.training.module import CodecModule
+    from lic_kd.training.parts import build_module
+    from lic_kd.training.spec import parse_run
 
     cfg = compose_train(
         [
@@ -55,28 +56,18 @@ def build(role: str, width: int, smoke: bool) -> Any:
             "paths.output_dir=/nonexistent",
         ]
     )
-    module = CodecModule(
-        net=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler or None,
-        role=cfg.role,
-        teacher=cfg.teacher if cfg.role == "kd" or cfg.student.get("init") == "teacher" else None,
-        init=cfg.student.get("init") or "random",
-    )
-    module.check_kd_shapes()
+    module = build_module(parse_run(cfg), calibration=None)
     module.train()
     return module, cfg
 
 
 class Stepper:
-    """One training batch of a CodecModule as its training_step does it, minus the Trainer."""
+    """One training batch of a run's one student as the module's training_step does it, minus the Trainer."""
 
     def __init__(self, module: Any, clip: float | None) -> None:
         self.module = module
-        optimizers = module.configure_optimizers()
-        optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers
-        self.optimizer, self.aux_optimizer = optimizers
+        self.student = next(iter(module.students.values()))
+        (self.optimizer, self.aux_optimizer), _ = self.student.configure_optimizers()
         self.main = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.clip = clip
 
@@ -86,17 +77,18 @@ class Stepper:
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.main, self.clip)
         self.optimizer.step()
-        aux = self.module.net.aux_loss()
+        aux = self.student.net.aux_loss()
         self.aux_optimizer.zero_grad()
         aux.backward()
         self.aux_optimizer.step()
 
     def step(self, x: torch.Tensor) -> None:
-        self._update(self.module._step(x)["loss"])
+        targets = self.module.teachers.targets(x) if self.module.teachers is not None else None
+        self._update(self.student.losses(x, targets)["loss"])
 
     def step_with_targets(self, x: torch.Tensor, targets: tuple[dict, dict]) -> None:
         """A KD step whose teacher targets were computed already (shared by several students)."""
-        self._update(self.module._step(x, targets)["loss"])
+        self._update(self.student.losses(x, targets)["loss"])
 
 
 @torch.no_grad()
@@ -136,13 +128,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kd[n] = Stepper(module.to(device), cfg.optimizer.get("clip_max_norm"))
     data = batches(cfg, steps, device)
     first = kd[widths[0]].module
-    teacher = first.teacher
+    teacher = first.teachers.main
 
     # the minimal teacher gives the forward's own targets (checked, not assumed)
-    t_out, t_lat = first.teacher_targets(data[0])
+    t_out, t_lat = first.teachers.targets(data[0])
     y_hat, x_hat = teacher_latents_only(teacher, data[0])
     same_targets = bool(torch.equal(y_hat, t_lat["y_hat"]) and torch.allclose(x_hat, t_out["x_hat"], atol=1e-6))
-    targets = [first.teacher_targets(x) for x in data]  # for the given-targets variants
+    targets = [first.teachers.targets(x) for x in data]  # for the given-targets variants
 
     def block(fn: Callable[[torch.Tensor, int], Any]) -> Callable[[], float]:
         return lambda: timed(lambda: [fn(x, i) for i, x in enumerate(data)], device) / len(data)
@@ -152,14 +144,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants[f"plain_N{n}"] = block(lambda x, i, n=n: plain[n].step(x))
         variants[f"kd_N{n}"] = block(lambda x, i, n=n: kd[n].step(x))
         variants[f"kd_given_targets_N{n}"] = block(lambda x, i, n=n: kd[n].step_with_targets(x, targets[i]))
-    variants["teacher_forward"] = block(lambda x, i: first.teacher_targets(x))
+    variants["teacher_forward"] = block(lambda x, i: first.teachers.targets(x))
     variants["teacher_latents_only"] = block(lambda x, i: teacher_latents_only(teacher, x))
 
     lists = [widths[:k] for k in range(2, len(widths) + 1)]  # the demo's [16,32], the study's [16,32,48]
 
     def shared(members: list[int]) -> Callable[[torch.Tensor, int], None]:
-        def step(x: torch.Tensor, i: int) -> None:  # StudentGroup.training_step: one teacher forward, every student
-            t = first.teacher_targets(x)
+        def step(x: torch.Tensor, i: int) -> None:  # CodecModule.training_step: one teacher forward, every student
+            t = first.teachers.targets(x)
             for n in members:
                 kd[n].step_with_targets(x, t)
 

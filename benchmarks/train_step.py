@@ -82,7 +82,7 @@ class Interleaver(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.device = pl_module.device
         self.setup_s = time.perf_counter() - self._created
-        net = copy.deepcopy(pl_module.net)  # the same initial weights
+        net = copy.deepcopy(next(iter(pl_module.students.values())).net)  # the same initial weights
         net.requires_grad_(True)
         self.loop = PlainLoop(net, **self.hp)
         self.batches: list[torch.Tensor] = []

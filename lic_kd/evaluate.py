@@ -17,7 +17,7 @@ from lic_kd.evaluation.profiling import use_threads
 from lic_kd.evaluation.run import evaluate_run
 from lic_kd.models.checkpoints import checkpoint_fingerprint
 from lic_kd.models.ladder import is_ladder
-from lic_kd.results import RESULTS_FILE, check_same_run
+from lic_kd.results import RESULTS_FILE, check_same_run, is_complete, read_record
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    if (run_dir / RESULTS_FILE).is_file():  # re-running a sweep of evaluations resumes it
+    recorded = read_record(run_dir)
+    if recorded is not None and is_complete(recorded):  # re-running a sweep of evaluations resumes it
         if is_ladder(cfg.checkpoint):  # a ladder retrained since: its new rungs are not the ones coded there
             check_same_run(run_dir / RESULTS_FILE, {"ladder.fingerprint": checkpoint_fingerprint(cfg.checkpoint)})
         log.info("%s exists: this evaluation is complete, nothing to do", run_dir / RESULTS_FILE)

@@ -1,9 +1,15 @@
-"""results.json: one per run, written atomically, the only thing reports read."""
+"""results.json: one per run, written atomically, the one contract between stages and the only thing reports read.
+
+A run's results.json says where it stands (`status`): `running` from the start of its training (a run killed from
+outside stays so), `trained` when its training ended (it can teach), `complete` once its images are coded (its
+metrics, and the files a report shows, listed), or `failed` / `diverged` with the reason."""
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,14 +20,52 @@ from lic_kd import REPO_ROOT
 
 RESULTS_FILE = "results.json"
 
+RUNNING, TRAINED, COMPLETE, FAILED, DIVERGED = "running", "trained", "complete", "failed", "diverged"
+STATUSES = (RUNNING, TRAINED, COMPLETE, FAILED, DIVERGED)
 
-FAILURE_FILE = "failure.json"  # written by a run that raised: what went wrong
+
+def status_of(record: dict[str, Any]) -> str:
+    """A record's status; one written before statuses existed is complete (it was written only then)."""
+    return record.get("status", COMPLETE)
 
 
-def failure_record(err: BaseException, **extra: Any) -> dict[str, Any]:
-    """failure.json of a run that raised: the error, and where a run diverged (DivergedError.record)."""
+def is_complete(record: dict[str, Any]) -> bool:
+    return status_of(record) == COMPLETE
+
+
+def has_trained(record: dict[str, Any]) -> bool:
+    """Training ended: the run's checkpoints are final (it can teach, be started from, be evaluated)."""
+    return status_of(record) in (TRAINED, COMPLETE)
+
+
+def failure_record(err: BaseException, run: dict[str, Any]) -> dict[str, Any]:
+    """The record of a run that raised: failed with the error, or diverged and where (DivergedError.record)."""
     diverged = getattr(err, "record", None)
-    return {"error": f"{type(err).__name__}: {err}", **({"diverged": diverged} if diverged else {}), **extra}
+    return status_record(
+        DIVERGED if diverged else FAILED,
+        run,
+        error=f"{type(err).__name__}: {err}",
+        **({"diverged": diverged} if diverged else {}),
+    )
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json, or None when it has none (or one that cannot be read: it is rewritten)."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        return read_results(path) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def trained_runs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The runs of a sweep directory whose training ended, with their records (by run directory name)."""
+    found = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
+        record = read_record(path.parent)
+        if record is not None and has_trained(record):
+            found.append((path.parent, record))
+    return found
 
 
 # The keys every results.json's "run" has, whatever made it (a training run, an evaluation, a classical codec,
@@ -46,8 +90,13 @@ RUN_KEYS = (
 
 
 def results_record(run: dict[str, Any], metrics: dict[str, Any], **rest: Any) -> dict[str, Any]:
-    """One results record: what the run is, its dataset metrics, and whatever else it measured."""
-    return {"run": {k: None for k in RUN_KEYS} | run, "metrics": metrics, **rest}
+    """One complete results record: what the run is, its dataset metrics, and whatever else it measured."""
+    return {"status": COMPLETE, "run": {k: None for k in RUN_KEYS} | run, "metrics": metrics, **rest}
+
+
+def status_record(status: str, run: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """The record of a run that has no metrics (yet): running, trained, failed or diverged."""
+    return {"status": status, "run": {k: None for k in RUN_KEYS} | run, "environment": environment(), **rest}
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -76,15 +125,36 @@ def check_same_run(results_path: Path, wanted: dict[str, Any]) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """The commit lic_kd runs from and whether its tracked files have uncommitted changes; (None, None) outside
+    a git checkout (an installed package)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return commit, bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
 def environment() -> dict[str, Any]:
-    """What the numbers were measured with."""
+    """What the numbers were measured with: the code (commit, uncommitted changes), the packages, the machine."""
     import compressai
+    import hydra
     import lightning
 
+    commit, dirty = git_state()
     return {
+        "commit": commit,
+        "uncommitted_changes": dirty,
         "torch": torch.__version__,
         "compressai": compressai.__version__,
         "lightning": lightning.__version__,
+        "hydra": hydra.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
@@ -136,21 +206,16 @@ def _portable(value: Any, root: str) -> Any:
     return value.replace(root, "<repo>") if isinstance(value, str) and root in value else value
 
 
-def curve_settings_of(config: dict[str, Any]) -> dict[str, Any]:
+def curve_settings_of(config: dict[str, Any], uses_teacher: bool) -> dict[str, Any]:
     """Everything in a run's resolved configuration that can change its result, flattened, except lambda and
     seed: runs that differ in any of it are different curves. A teacher that takes no part in the run (a plain
-    student from random weights) is left out."""
+    student from random weights: `uses_teacher` false) is left out."""
 
     flat = {
         k: _portable(v, str(REPO_ROOT))
         for k, v in flatten(config).items()
         if not any(k == n or k.startswith(f"{n}.") for n in NOT_SETTINGS) and not k.endswith(".lmbda")
     }
-    uses_teacher = (
-        config.get("role") not in ("teacher", "student")
-        or (config.get("student") or {}).get("init") == "teacher"
-        or bool(config.get("prune"))
-    )
     return {k: v for k, v in flat.items() if uses_teacher or not k.startswith("teacher.")}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -28,13 +27,13 @@ from lic_kd import REPO_ROOT
 from lic_kd.data import list_images
 from lic_kd.errors import ConfigError, UserError
 from lic_kd.evaluation.profiling import use_threads
-from lic_kd.models.checkpoints import load_net
 from lic_kd.models.ladder import is_ladder, read_ladder
 from lic_kd.reporting.writer import write_report
-from lic_kd.results import RESULTS_FILE, check_same_run, read_results
-from lic_kd.training.members import group_members, member_config
+from lic_kd.results import read_results
+from lic_kd.train import pending_students
 from lic_kd.training.module import CodecModule
-from lic_kd.training.setup import apply_pruning, check_config, check_quant, lr_schedule, run_settings
+from lic_kd.training.parts import build_module
+from lic_kd.training.spec import RunSpec, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -94,87 +93,50 @@ def sweep_name(arguments: Sequence[str]) -> str:
     return name if len(name) <= 80 else f"{name[:60]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def members_of(cfg: DictConfig) -> list[DictConfig]:
-    students = group_members(cfg)
-    return [cfg] if students is None else [member_config(cfg, name, s) for name, s in students.items()]
-
-
-def check_job(cfg: DictConfig, datamodules: dict[str, Any]) -> list[CodecModule]:
-    """Everything a job checks before it trains, done now: config values, teacher and init (loaded, and the
-    student initialised from it by filter norm), KD shapes, data; returns its students' modules."""
-    modules = []
-    for member in members_of(cfg):
-        check_config(member)
-        apply_pruning(member)
-        if (Path(member.paths.output_dir) / RESULTS_FILE).is_file():  # a finished run is skipped: if it is this one
-            check_same_run(Path(member.paths.output_dir) / RESULTS_FILE, run_settings(member))
-        check_quant(member)
-        shared = (modules[0].teacher, modules[0].z_teacher) if modules and modules[0].is_kd else None
-        uses_teacher = member.role == "kd" or member.student.get("init") == "teacher"
-        module = CodecModule(
-            net=member.model, loss=member.loss, optimizer=member.optimizer, scheduler=lr_schedule(member),
-            role=member.role, teacher=member.teacher if uses_teacher else None,
-            init=member.student.get("init") or "random", calibration=None, prune=None, quant=None,
-            noise_seed=member.seed, teacher_nets=shared,
-        )  # fmt: skip
-        module.check_kd_shapes()
-        check_teacher_lmbda(member)
-        modules.append(module)
+def check_job(cfg: DictConfig, datamodules: dict[str, Any]) -> tuple[RunSpec, CodecModule]:
+    """Everything a job checks before it trains, done now, as the job itself does it: its run spec (values,
+    teacher, its lambda, widths), its students built (teacher and init loaded, each student initialised from it by
+    filter norm, KD shapes), finished runs that must be the ones asked for, data."""
+    spec = parse_run(cfg)
+    pending_students(spec, rename=False)
+    module = build_module(spec, calibration=None)
     data_key = OmegaConf.to_yaml(cfg.data)
     if data_key not in datamodules:
         datamodules[data_key] = instantiate(cfg.data)
         datamodules[data_key].check()
-    return modules
+    return spec, module
 
 
-def check_teacher_lmbda(cfg: DictConfig) -> None:
-    """A teacher that is one run, trained at another lambda than this run's, is used only when the user says so
-    (teacher.any_lmbda=true): a sweep dir or a ladder gives each run the teacher of its own lambda."""
-    path = cfg.teacher.get("checkpoint")
-    if not path or cfg.teacher.get("any_lmbda") or str(path).startswith("zoo:") or is_ladder(path):
-        return
-    if Path(path).is_dir() and not (Path(path) / "checkpoints").is_dir():
-        return  # a sweep dir: resolved by lambda when loaded
-    _, meta = load_net(path, cfg.teacher.get("architecture"))
-    trained_at = ((meta.get("loss") or {}).get("task") or meta.get("loss") or {}).get("lmbda")
-    if trained_at is not None and not math.isclose(trained_at, cfg.lmbda, rel_tol=1e-6):
-        raise ConfigError(
-            f"teacher.checkpoint={path} was trained at lmbda={trained_at:g}, this run's is {cfg.lmbda:g}: give a "
-            "sweep dir or a ladder of teachers (each run takes its own lambda's), or set teacher.any_lmbda=true"
-        )
-
-
-def seconds_per_batch(modules: Sequence[CodecModule], cfg: DictConfig, repeats: int = 2) -> float:
+def seconds_per_batch(module: CodecModule, cfg: DictConfig, repeats: int = 2) -> float:
     """One training batch of these students (and their teacher's forward), measured on random crops."""
     x = torch.rand(cfg.data.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
     total = 0.0
-    for module in modules:
-        module.net.train()
+    for student in module.students.values():
+        student.net.train()
         for i in range(repeats + 1):
             start = time.perf_counter()
-            out = module.net(x)
+            out = student.net(x)
             loss = out["x_hat"].square().mean() + sum(p.log().mean() for p in out.get("likelihoods", {}).values())
             loss.backward()
             total += (time.perf_counter() - start) * (i > 0) / repeats  # the first one warms up
-        module.net.zero_grad(set_to_none=True)
-    if modules and modules[0].is_kd:
-        with torch.no_grad():
-            start = time.perf_counter()
-            modules[0].teacher(x)
-            total += time.perf_counter() - start
+        student.net.zero_grad(set_to_none=True)
+    if module.teachers is not None:
+        start = time.perf_counter()
+        module.teachers.targets(x)
+        total += time.perf_counter() - start
     return total
 
 
-def seconds_to_evaluate(modules: Sequence[CodecModule], images: int) -> float:
+def seconds_to_evaluate(module: CodecModule, images: int) -> float:
     """Coding `images` Kodak-sized images with each student: a forward at that size, times three (encoding,
     decoding and the estimate), as measured on this machine's evaluations."""
     x = torch.rand(1, 3, 512, 768)
     total = 0.0
     with torch.no_grad():
-        for module in modules:
-            module.net.eval()
+        for student in module.students.values():
+            student.net.eval()
             start = time.perf_counter()
-            module.net(x)
+            student.net(x)
             total += 3 * (time.perf_counter() - start) * images
     return total
 
@@ -193,30 +155,31 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan(jobs: Sequence[tuple[Sequence[str], DictConfig, list[CodecModule]]], sweep_cfg: DictConfig) -> str:
+def plan(jobs: Sequence[tuple[Sequence[str], RunSpec, CodecModule]], sweep_cfg: DictConfig) -> str:
     """What the sweep will do, and how long it should take here."""
     where, parallel = parallel_jobs(sweep_cfg)
     lines, per_job, measured = [], [], {}
-    for number, (overrides, cfg, modules) in enumerate(jobs):
+    for number, (overrides, spec, module) in enumerate(jobs):
+        cfg, students = spec.cfg, len(spec.students)
         use_threads(cfg.get("threads"))
         # the same students (widths, role, crops) cost the same at every lambda: measured once
-        widths = tuple(m.net.N for m in modules if hasattr(m.net, "N"))
+        widths = tuple(s.net.N for s in module.students.values() if hasattr(s.net, "N"))
         key = (cfg.role, widths, cfg.data.batch_size, cfg.data.crop_size)
         if key not in measured:
             images = len(list_eval_images(cfg))
-            measured[key] = (seconds_per_batch(modules, cfg), seconds_to_evaluate(modules, images))
+            measured[key] = (seconds_per_batch(module, cfg), seconds_to_evaluate(module, images))
         batch_s, evaluate_s = measured[key]
-        finished = sum((Path(m.paths.output_dir) / RESULTS_FILE).is_file() for m in members_of(cfg))
-        seconds = (1.15 * cfg.steps * batch_s + evaluate_s) * (1 - finished / len(modules))
+        finished = students - len(pending_students(spec, rename=False))
+        seconds = (1.15 * cfg.steps * batch_s + evaluate_s) * (1 - finished / students)
         per_job.append(seconds)
         shown = _shown(overrides)
-        state = "done" if finished == len(modules) else f"~{format_duration(seconds)}"
-        state += f" ({finished} with results)" if 0 < finished < len(modules) else ""
-        lines.append(f"  job {number}: {len(modules)} student(s), {cfg.steps} batches, {state}: {shown}")
+        state = "done" if finished == students else f"~{format_duration(seconds)}"
+        state += f" ({finished} with results)" if 0 < finished < students else ""
+        lines.append(f"  job {number}: {students} student(s), {cfg.steps} batches, {state}: {shown}")
     total = sum(per_job) / parallel if parallel else max(per_job, default=0)
     if not all(per_job):
         lines.insert(0, f"  {per_job.count(0)} of {len(jobs)} jobs done: the time above is for the others")
-    students = sum(len(m) for _, _, m in jobs)
+    students = sum(len(spec.students) for _, spec, _ in jobs)
     name = Path(sweep_cfg.hydra.sweep.dir).name
     head = [
         f"plan: {len(jobs)} jobs, {students} students, on {where}",
@@ -234,7 +197,7 @@ def list_eval_images(cfg: DictConfig) -> list[Path]:
 
 def preflight(
     jobs: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig], sweep_cfg: DictConfig
-) -> list[tuple[Sequence[str], DictConfig, list[CodecModule]]]:
+) -> list[tuple[Sequence[str], RunSpec, CodecModule]]:
     """Compose and check every job; the first problem is one line naming the job's overrides."""
     checked, datamodules = [], {}
     saved = HydraConfig.get() if HydraConfig.initialized() else None
@@ -248,7 +211,7 @@ def preflight(
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # what the job's task receives
             with torch.random.fork_rng(devices=[]), open_dict(cfg):
                 try:
-                    checked.append((overrides, cfg, check_job(cfg, datamodules)))
+                    checked.append((overrides, *check_job(cfg, datamodules)))
                 except UserError as err:
                     shown = _shown(overrides)
                     raise ConfigError(f"job {shown}: {err}") from None  # the line names the job

@@ -1,6 +1,6 @@
-"""`python -m lic_kd.train`: train one network (teacher, student or KD student), then code the evaluation
-set for real and write results.json. Re-running in the same run directory resumes from last.ckpt, and a
-run that already has results.json is left as it is."""
+"""`python -m lic_kd.train`: train a run's students (one network, or several trained together with
+`student.N=[...]`), then code the evaluation set for real and write each student's results.json. Re-running in the
+same run directory resumes from last.ckpt, and a student whose results are complete is left as it is."""
 
 from __future__ import annotations
 
@@ -22,29 +22,24 @@ from omegaconf import DictConfig
 
 from lic_kd.errors import ConfigError, run_cli
 from lic_kd.evaluation.profiling import use_threads
-from lic_kd.evaluation.run import evaluate_run
+from lic_kd.evaluation.run import evaluate_run, run_identity
 from lic_kd.io import write_json_atomic
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, check_same_run, failure_record, read_results
-from lic_kd.training.group import StudentGroup
-from lic_kd.training.members import (
-    group_members,
-    member_config,
-    member_overrides,
-    write_member_hydra_dir,
+from lic_kd.results import (
+    DIVERGED,
+    RESULTS_FILE,
+    RUNNING,
+    TRAINED,
+    check_same_run,
+    failure_record,
+    has_trained,
+    is_complete,
+    read_record,
+    status_record,
 )
 from lic_kd.training.module import CodecModule, DivergedError
-from lic_kd.training.setup import (
-    apply_pruning,
-    build_module,
-    check_config,
-    check_quant,
-    fit,
-    hydra_overrides,
-    make_trainer,
-    pruned_config,
-    run_settings,
-    training_record,
-)
+from lic_kd.training.parts import build_module, student_record
+from lic_kd.training.setup import fit, make_trainer, training_record
+from lic_kd.training.spec import InitKind, RunSpec, StudentSpec, hydra_overrides, parse_run, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,197 +59,155 @@ def isolated_job() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.paths.output_dir)
-    if group_members(cfg) is not None:
-        return train_group(cfg)
-    results_path = run_dir / RESULTS_FILE
-    if results_path.is_file():
-        check_same_run(results_path, run_settings(pruned_config(cfg)))
-        done = read_results(results_path)
-        trained = done["run"].get("steps") or 0
-        if trained >= cfg.steps or not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            log.info("%s exists: this run is complete, nothing to do", results_path)
-            return done
-        # a larger budget for a finished run: train on from its last checkpoint; its evaluation so far is kept
-        results_path.rename(run_dir / f"results-{trained}.json")
-        log.info("trained %d of %d batches: training on from last.ckpt (its results: results-%d.json)",
-                 trained, cfg.steps, trained)  # fmt: skip
-    start = time.perf_counter()
+def identity(spec: RunSpec, student: StudentSpec) -> dict[str, Any]:
+    """What a student is, for its results.json, from the run spec (not from its checkpoint)."""
+    record = student_record(spec, student)
+    best = (student.run_dir / "checkpoints" / "best.ckpt").resolve()
+    meta = {k: record[k] for k in ("net", "loss", "role", "teacher", "init", "prune", "quant")}
+    meta |= {"steps": None, "checkpoint": str(best), "settings": run_settings(spec, student)}
+    return run_identity(meta) | {
+        "steps_planned": spec.budget.steps,
+        "seed": spec.seed,
+        "overrides": list(student.overrides),
+        "precision": spec.precision,  # of training; evaluation codes in float32
+        **({"trained_with": [s.name for s in spec.students]} if spec.grouped else {}),
+        "run_dir": str(student.run_dir.resolve()),
+    }
+
+
+def pending_students(spec: RunSpec, rename: bool = True) -> list[StudentSpec]:
+    """The students still to train or evaluate. One whose results are complete is left as it is, if it is the run
+    asked for (check_same_run); given a larger budget, and with the run's last.ckpt to go on from, it trains on and
+    its evaluation so far is kept as results-<batches>.json (`rename`: now; the sweep's plan only counts)."""
+    pending, last = [], spec.run_dir / "checkpoints" / "last.ckpt"
+    for student in spec.students:
+        record = read_record(student.run_dir)
+        if record is not None and has_trained(record):
+            check_same_run(student.run_dir / RESULTS_FILE, run_settings(spec, student))
+        if record is None or not is_complete(record):
+            pending.append(student)
+            continue
+        trained = record["run"].get("steps") or 0
+        if trained < spec.budget.steps and last.is_file():
+            if not rename:
+                pending.append(student)
+                continue
+            (student.run_dir / RESULTS_FILE).rename(student.run_dir / f"results-{trained}.json")
+            log.info(
+                "%s trained %d of %d batches: training on from last.ckpt (its results: results-%d.json)",
+                student.run_dir,
+                trained,
+                spec.budget.steps,
+                trained,
+            )
+            pending.append(student)
+    return pending
+
+
+def write_status(student: StudentSpec, status: str, run: dict[str, Any], **rest: Any) -> None:
+    write_json_atomic(student.run_dir / RESULTS_FILE, status_record(status, run, **rest))
+
+
+def train(cfg: DictConfig) -> None:
     use_threads(cfg.get("threads"))
-    log.info(
-        "run %s: %s, %d batches, seed %d", run_dir, cfg.role, cfg.steps, cfg.seed
-    )  # a resumed run appends its segments
-    L.seed_everything(cfg.seed, workers=True)
-
-    # Everything that can be wrong is checked before training: budget, widths, lmbda, teacher, data, shapes.
-    check_config(cfg)
-    apply_pruning(cfg)
-    check_quant(cfg)
-    datamodule = instantiate(cfg.data)
-    datamodule.check()
-    module = build_module(cfg, datamodule)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer = make_trainer(cfg, module.optimizer_steps_per_batch, last)
-    if (cfg.get("quant") or {}).get("mode") == "ptq":
-        log.info("post-training quantization: calibrated on training crops, no training")
-        for name in ("best.ckpt", "last.ckpt"):  # evaluation, resume and reports read it like any run's
-            module.save_run_checkpoint(run_dir / "checkpoints" / name, batches=0)
-    else:
-        fit(trainer, module, datamodule, run_dir, module.optimizer_steps_per_batch, cfg.steps)
-        if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
-            return {}
-    return evaluate_trained(
-        cfg,
-        run_dir,
-        datamodule.eval_paths,
-        run_dir / "checkpoints" / "last.ckpt",
-        module.optimizer_steps_per_batch,
-        trainer.world_size,
-        start,
-    )
-
-
-def evaluate_trained(
-    cfg: DictConfig,
-    run_dir: Path,
-    images: list[Path],
-    last: Path,
-    batch_optimizer_steps: int,
-    devices: int,
-    started: float,
-    **identity: Any,
-) -> dict[str, Any]:
-    """A trained run's best checkpoint evaluated (lic_kd.evaluation.run), with what only its training knows."""
-    training = training_record(torch.load(last, map_location="cpu", weights_only=False), batch_optimizer_steps)
-    return evaluate_run(
-        run_dir,
-        images,
-        run_dir,
-        cfg.eval.device,
-        started=started,
-        identity={
-            "steps": training.pop("batches"),
-            "devices": devices,
-            "steps_planned": cfg.steps,
-            "seed": cfg.seed,
-            "overrides": hydra_overrides(),
-            "settings": run_settings(cfg),
-            "precision": str(cfg.trainer.get("precision", "32-true")),  # of training; evaluation codes in float32
-            "training": training,
-        }
-        | identity,
-    )
-
-
-def train_group(cfg: DictConfig) -> dict[str, Any]:
-    """student.N=[...] (and/or student.init=[...]): the students of this role, lambda and seed trained together in
-    one process, each in its own run directory (N16, N32, ...) with its own results.json; a KD group pays the
-    teacher's forward once per batch. Re-running resumes the group and evaluates the students that have no
-    results yet."""
-    run_dir = Path(cfg.paths.output_dir)
-    students = group_members(cfg)
-    members_cfg = {name: member_config(cfg, name, student) for name, student in students.items()}
-    member_dirs = {name: Path(c.paths.output_dir) for name, c in members_cfg.items()}
-    for name, member_dir in member_dirs.items():
-        if (member_dir / RESULTS_FILE).is_file():
-            check_same_run(member_dir / RESULTS_FILE, run_settings(members_cfg[name]))
-    pending = [name for name, d in member_dirs.items() if not (d / RESULTS_FILE).is_file()]
-    if not pending:
-        log.info("every student of %s has its %s: complete, nothing to do", run_dir, RESULTS_FILE)
-        return {}
-    start = time.perf_counter()
-    use_threads(cfg.get("threads"))
-    log.info(
-        "run %s: %s, students %s trained together, %d batches, seed %d",
-        run_dir,
-        cfg.role,
-        ", ".join(students),
-        cfg.steps,
-        cfg.seed,
-    )
-    if cfg.get("prune") or cfg.get("quant"):
-        raise ConfigError(
-            "student.N=[...] or student.init=[...] trains several students together; prune and quant runs are one "
-            "network each: sweep them"
-        )
-    if cfg.trainer.get("devices") not in (None, 1, "auto") or cfg.trainer.get("num_nodes", 1) != 1:
-        raise ConfigError(
-            "students trained together (student.N=[...], student.init=[...]) share one process on one device: "
-            "set trainer.devices=1"
-        )
-    for name, member_cfg in members_cfg.items():  # run dirs first: a failure below is then recorded in each
-        write_member_hydra_dir(member_cfg, member_dirs[name], students[name])
-    group: StudentGroup | None = None
     try:
-        for member_cfg in members_cfg.values():
-            check_config(member_cfg)
+        spec = parse_run(cfg)  # everything that can be wrong, before any data is read
+    except Exception as err:
+        run_dir = Path(cfg.paths.output_dir)
+        recorded = read_record(run_dir)
+        if recorded is None or not has_trained(recorded):  # a finished run's record is never overwritten
+            run = {"role": cfg.get("role"), "overrides": hydra_overrides(), "run_dir": str(run_dir.resolve())}
+            write_json_atomic(run_dir / RESULTS_FILE, failure_record(err, run))
+        raise
+    if spec.grouped:  # the run's own directory holds its students' (a failure recorded there before is past)
+        (spec.run_dir / RESULTS_FILE).unlink(missing_ok=True)
+    pending = pending_students(spec)
+    if not pending:
+        log.info("%s: every student's results are complete, nothing to do", spec.run_dir)
+        return
+    start = time.perf_counter()
+    names = ", ".join(s.name for s in spec.students)
+    log.info(
+        "run %s: %s, %s, %d batches, seed %d",
+        spec.run_dir,
+        spec.role.value,
+        f"students {names} trained together" if spec.grouped else "one network",
+        spec.budget.steps,
+        spec.seed,
+    )  # a resumed run appends its segments
+    runs = {s.name: identity(spec, s) for s in spec.students}
+    module: CodecModule | None = None
+    try:
+        L.seed_everything(spec.seed, workers=True)
         datamodule = instantiate(cfg.data)
         datamodule.check()
-        members: dict[str, CodecModule] = {}
-        for name, member_cfg in members_cfg.items():
-            L.seed_everything(
-                cfg.seed, workers=True, verbose=False
-            )  # each student's initialisation, as in a run of its own
-            first = next(
-                iter(members.values()), None
-            )  # the first loads the teachers as a run of its own; the others share them
-            members[name] = build_module(
-                member_cfg, datamodule, (first.teacher, first.z_teacher) if first and first.is_kd else None
-            )
-        group = StudentGroup(members, member_dirs)
-        trainer = make_trainer(cfg, group.optimizer_steps_per_batch, run_dir / "checkpoints" / "last.ckpt")
-        fit(trainer, group, datamodule, run_dir, group.optimizer_steps_per_batch, cfg.steps)
-        # a group resumed at its end trains nothing and Lightning skips on_train_end: the students' last.ckpt again
-        group.save_last_checkpoints(trainer.global_step // group.optimizer_steps_per_batch)
+        needs_images = spec.quant or any(s.init.kind is not InitKind.RANDOM for s in spec.students)
+        module = build_module(spec, datamodule.calibration_images() if needs_images else None)
+        for student in pending:
+            write_status(student, RUNNING, runs[student.name])
+        trainer = make_trainer(spec, module)
+        if spec.ptq:
+            log.info("post-training quantization: calibrated on training crops, no training")
+            for name in ("best.ckpt", "last.ckpt"):  # evaluation, resume and reports read it like any run's
+                module.save_student(spec.students[0].name, spec.run_dir / "checkpoints" / name, batches=0)
+        else:
+            fit(trainer, module, datamodule, spec)
+            if trainer.global_rank != 0:  # the other DDP processes that SLURM started: rank 0 evaluates and writes
+                return
+        last = torch.load(spec.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        training = training_record(last, module.optimizer_steps_per_batch)
+        devices = trainer.world_size
+        for student in spec.students:
+            if student.name in module.diverged:
+                write_status(student, DIVERGED, runs[student.name], **diverged_fields(module, student.name))
+            elif student in pending:
+                write_status(student, TRAINED, runs[student.name] | {"steps": training["batches"]})
         training_s = time.perf_counter() - start
-        for name in [n for n in pending if n not in group.diverged]:
-            evaluate_trained(
-                members_cfg[name],
-                member_dirs[name],
+        for student in [s for s in pending if s.name not in module.diverged]:
+            evaluate_run(
+                student.run_dir,
                 datamodule.eval_paths,
-                run_dir / "checkpoints" / "last.ckpt",
-                group.optimizer_steps_per_batch,
-                trainer.world_size,
-                time.perf_counter() - training_s,
-                trained_with=list(students),
-                overrides=member_overrides(hydra_overrides(), students[name]),
+                student.run_dir,
+                spec.cfg.eval.device,
+                started=time.perf_counter() - training_s,
+                identity=runs[student.name] | {"steps": training["batches"], "devices": devices, "training": training},
             )
-    except Exception as err:  # each unfinished student says why, as a run of its own would
-        diverged = group.diverged if group is not None else {}
-        for name, d in member_dirs.items():
-            if not (d / RESULTS_FILE).is_file() and name not in diverged:
-                write_json_atomic(d / FAILURE_FILE, failure_record(err, overrides=hydra_overrides()))
+    except Exception as err:  # each unfinished student says why in its results.json
+        for student in pending:
+            record = read_record(student.run_dir)
+            if record is not None and is_complete(record):
+                continue
+            if module is not None and student.name in module.diverged:
+                write_status(student, DIVERGED, runs[student.name], **diverged_fields(module, student.name))
+            else:
+                write_json_atomic(student.run_dir / RESULTS_FILE, failure_record(err, runs[student.name]))
         raise
-    for name, d in member_dirs.items():
-        if name not in group.diverged:
-            (d / FAILURE_FILE).unlink(missing_ok=True)
-    if group.diverged and HydraConfig.get().mode != RunMode.MULTIRUN:
+    if module.diverged and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise ConfigError(
-            f"student(s) {', '.join(group.diverged)} diverged (their {FAILURE_FILE} says where); the others were "
+            f"student(s) {', '.join(module.diverged)} diverged (their {RESULTS_FILE} says where); the others were "
             "evaluated: lower optimizer.main.lr or set optimizer.clip_max_norm"
         )
-    return {}
+
+
+def diverged_fields(module: CodecModule, name: str) -> dict[str, Any]:
+    """What a student that stopped at a non-finite loss records: the error, and where (DivergedError.record)."""
+    record = dict(module.diverged[name])
+    return {"error": f"DivergedError: {record.pop('error')}", "diverged": record}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    failure = Path(cfg.paths.output_dir) / FAILURE_FILE
     with isolated_job():
         try:
             train(cfg)
         except DivergedError as err:  # a result, not a crash: recorded, reported as diverged; a sweep goes on
             log.error("run diverged: %s", err)
-            write_json_atomic(failure, failure_record(err, overrides=hydra_overrides()))
             if HydraConfig.get().mode != RunMode.MULTIRUN:
                 raise
-            return
         except Exception as err:
-            # Hydra reports a sweep's failures only once every job has run: leave the reason in the run dir.
+            # Hydra reports a sweep's failures only once every job has run: the reason is in each results.json
             log.error("run failed: %s: %s", type(err).__name__, err)
-            write_json_atomic(failure, failure_record(err, overrides=hydra_overrides()))
             raise
-    failure.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,11 @@ def compose_config(overrides: list[str], name: str = "train"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # as in a run: ${hydra:...} resolves
     return cfg
+
+
+def task_config(overrides: list[str], name: str = "train"):
+    """What `python -m lic_kd.{name} OVERRIDES` hands its task: the composed configuration less Hydra's own."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(overrides, name)
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])

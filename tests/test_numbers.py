@@ -5,6 +5,7 @@ published curves."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -109,18 +110,51 @@ def test_a_diverging_run_stops_at_once_with_one_line(tmp_path):
         and "last finite loss" in line[0]
     )
     assert "Traceback" not in proc.stderr
-    failure = json.loads((run / "failure.json").read_text())["diverged"]
-    assert failure["batch"] < 40 and failure["lr"] == 1e3
-    assert not (run / "checkpoints" / "best.ckpt").exists() and not (run / "results.json").exists()
+    record = results(run)  # the run's results.json says where it stopped, and it has no metrics
+    assert record["status"] == "diverged" and "metrics" not in record
+    assert record["diverged"]["batch"] < 40 and record["diverged"]["lr"] == 1e3
+    assert not (run / "checkpoints" / "best.ckpt").exists()
 
 
 def test_a_sweep_goes_on_past_a_diverged_run_and_its_report_says_so(tmp_path):
     sweep = tmp_path / "sweep"
     train("-m", "steps=12", "val_every=4", "optimizer.main.lr=1e-4,1e3", f"hydra.sweep.dir={sweep}")  # exit 0
-    assert (sweep / "0" / "results.json").is_file() and not (sweep / "1" / "results.json").exists()
-    run_module("lic_kd.report", str(sweep), "--name", "d", "--out-root", str(tmp_path / "rep"), "--no-figures")
+    assert [results(sweep / n)["status"] for n in ("0", "1")] == ["complete", "diverged"]
+    run_module("lic_kd.report", str(sweep), "--name", "d", "--out-root", str(tmp_path / "rep"))
     missing = pd.read_csv(tmp_path / "rep" / "d" / "missing_runs.csv")
     assert len(missing) == 1 and missing["reason"].iloc[0].startswith("diverged at batch")
+
+    # results.json is the one contract: the sweep stripped to its results.json files reports the same
+    stripped = tmp_path / "stripped"
+    for path in sweep.rglob("results.json"):
+        (stripped / path.relative_to(sweep)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, stripped / path.relative_to(sweep))
+    assert sorted(p.name for p in stripped.rglob("*") if p.is_file()) == ["results.json", "results.json"]
+    run_module("lic_kd.report", str(stripped), "--name", "s", "--out-root", str(tmp_path / "rep"))
+    full, bare = tmp_path / "rep" / "d", tmp_path / "rep" / "s"
+    for table in ("rd_table.csv", "bd_rate.csv", "complexity.csv", "distillation.csv"):
+        assert (full / table).read_text() == (bare / table).read_text(), table
+    again = pd.read_csv(bare / "missing_runs.csv")
+    assert list(again["reason"]) == list(missing["reason"]) and Path(again["run_dir"].iloc[0]).name == "1"
+    figures = sorted(p.name for p in full.glob("*.png"))
+    assert figures and figures == sorted(p.name for p in bare.glob("*.png"))
+    crops = (bare / "report.md").read_text()
+    assert "(visual_comparison.png)" in crops and (full / "visual_comparison.png").stat().st_size > 10_000
+    # each crop says what it shows: the decoded image's rate, or the file its results.json lists and that is missing
+    assert visual_panel_titles(sweep).endswith(" bpp")
+    assert visual_panel_titles(stripped) == "reconstructions/kodim01.png missing"
+
+
+def visual_panel_titles(sweep):
+    """What the visual comparison says of each run's crop: its rate, or that its file is missing."""
+    from lic_kd.reporting import figures
+    from lic_kd.reporting.curves import find_runs, rd_table
+
+    found, _ = find_runs([sweep])
+    rd = rd_table(found)
+    coded = {r["read_from"]: {i["image"]: i for i in r["images"]} for r in found}
+    row = rd.iloc[0]
+    return figures._decoded(Path(row["read_from"]), coded[row["read_from"]]["kodim01.png"])[1]
 
 
 def test_in_a_group_the_diverging_student_stops_and_the_others_go_on(tmp_path):
@@ -140,9 +174,9 @@ def test_in_a_group_the_diverging_student_stops_and_the_others_go_on(tmp_path):
     )
     assert proc.returncode == 2 and "student(s) N8-init1 diverged" in proc.stderr
     assert results(group / "N8-random")["run"]["steps"] == 6  # the other student trained its whole budget
-    failure = json.loads((group / "N8-init1" / "failure.json").read_text())
+    failure = results(group / "N8-init1")
+    assert failure["status"] == "diverged" and "metrics" not in failure
     assert failure["diverged"]["batch"] == 1 and failure["diverged"]["last_finite_loss"] is None
-    assert not (group / "N8-init1" / "results.json").exists()
 
 
 # 6. Schedules are fractions of the budget: changing steps keeps their meaning.

@@ -56,6 +56,12 @@ def test_a_teacher_run_at_another_lambda_is_refused_unless_the_user_says_so(tmp_
     assert proc.returncode == 2 and "trained at lmbda=0.005, this run's is 0.02" in proc.stderr
     proc = run_module("lic_kd.train", *args, "teacher.any_lmbda=true", "plan_only=true", cwd=tmp_path)
     assert "plan: 2 jobs, 2 students" in proc.stdout
+    # a single run makes the same check, before any training: one line, exit 2
+    single = ["experiment=smoke", "role=kd", "student.M=16", "lmbda=0.02", f"teacher.checkpoint={one_run}"]
+    proc = run_module("lic_kd.train", *single, f"hydra.run.dir={tmp_path / 'one'}", check=False, cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "trained at lmbda=0.005, this run's is 0.02" in errors[0]
+    assert not (tmp_path / "one" / "checkpoints").exists() and "Trainer.fit" not in proc.stdout + proc.stderr
 
 
 def test_the_study_plans_trains_reports_and_resumes(tmp_path):

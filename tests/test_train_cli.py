@@ -32,6 +32,21 @@ def test_smoke_run_writes_results_with_real_bitstreams(tmp_path):
     assert r["params"] > 0 and r["wall_time_s"] > 0
     # the steps budget counts training batches, though Lightning counts two optimizer steps per batch
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    # what the numbers were made with: the commit, whether the tree had changes, the packages
+    import compressai
+    import hydra
+    import lightning
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    env = r["environment"]
+    assert env["commit"] == commit and isinstance(env["uncommitted_changes"], bool)
+    assert (env["torch"], env["compressai"], env["lightning"], env["hydra"]) == (
+        torch.__version__,
+        compressai.__version__,
+        lightning.__version__,
+        hydra.__version__,
+    )
+    assert r["status"] == "complete" and r["images"][0]["file"] == "bitstreams/kodim01.lkd"
 
     again = train(f"hydra.run.dir={run}")  # same command, same dir: nothing is redone or duplicated
     assert "is complete, nothing to do" in again.stdout + again.stderr

@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KODAK, run_module, train
+from conftest import KODAK, run_module, task_config, train
 from lic_kd.data import load_rgb, to_tensor
 from lic_kd.evaluation.coding import pad, reconstruct_image
 from lic_kd.metrics import to_8bit
 from lic_kd.models.checkpoints import load_net
 from lic_kd.models.networks import Autoencoder, capture_latents
-from lic_kd.training.module import CodecModule
+from lic_kd.training.parts import build_module
+from lic_kd.training.spec import parse_run
 
 
 def results(run_dir):
@@ -112,25 +113,30 @@ def test_codec_trained_for_ms_ssim_rate_distortion(tmp_path):
     assert {"val/ms_ssim", "val/bpp"} <= set(pd.read_csv(run / "csv" / "metrics.csv").columns)
 
 
-def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep):
-    module = CodecModule(
-        net={"_target_": "lic_kd.models.networks.ScaleHyperpriorHyperWidth", "N": 4, "M": 16, "hyper_N": 8},
-        loss={
-            "_target_": "lic_kd.training.losses.DistillationLoss",
-            "task": {"_target_": "lic_kd.training.losses.make_rd_loss", "lmbda": 0.02},
-            "w_z": 0.3,
-        },
-        optimizer={},
-        role="kd",
-        teacher={"checkpoint": str(teacher_sweep), "z_checkpoint": str(teacher_sweep), "z_lmbda": 0.005},
+def test_hybrid_kd_takes_z_from_the_low_rate_teacher_and_y_from_the_other(teacher_sweep, tmp_path):
+    spec = parse_run(
+        task_config(
+            [
+                "experiment=smoke",
+                "role=kd_hybrid",
+                "model=bmshj2018-hyperprior-hyperwidth",
+                "student.N=4",
+                "model.hyper_N=8",
+                "lmbda=0.02",
+                f"teacher.checkpoint={teacher_sweep}",
+                f"teacher.z_checkpoint={teacher_sweep}",
+                "teacher.z_lmbda=0.005",
+                f"paths.output_dir={tmp_path}",
+            ]
+        )
     )
-    module.check_kd_shapes()
+    module = build_module(spec, calibration=None)  # the KD shapes checked: z_hat of the student and the z teacher
     high, _ = load_net(teacher_sweep, lmbda=0.02)
     low, _ = load_net(teacher_sweep, lmbda=0.005)
-    for loaded, expected in ((module.teacher, high), (module.z_teacher, low)):
+    for loaded, expected in ((module.teachers.main, high), (module.teachers.z, low)):
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
     x = torch.rand(1, 3, 64, 64)
-    _, targets = module.teacher_targets(x)
+    _, targets = module.teachers.targets(x)
     with torch.no_grad(), capture_latents(high) as from_high, capture_latents(low) as from_low:
         high(x), low(x)
     assert torch.equal(targets["y_hat"], from_high["y_hat"]) and torch.equal(targets["z_hat"], from_low["z_hat"])

@@ -94,6 +94,8 @@ def run_codec(codec: str, images: Sequence[Path], out_root: Path, qualities: Seq
         (run_dir / "bitstreams").mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         rows = [code_with_pillow(p, codec, quality, run_dir / "bitstreams" / f"{p.stem}{suffix}") for p in images]
+        for row, path in zip(rows, images):  # the file a report shows: Pillow decodes it
+            row["file"] = row["decoded"] = f"bitstreams/{path.stem}{suffix}"
         results = results_record(
             {
                 "role": "codec",

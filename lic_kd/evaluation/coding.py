@@ -250,6 +250,10 @@ def evaluate_net(net: nn.Module, images: Sequence[Path], run_dir: Path, device: 
             images, desc="coding" if suffix == ".lkd" else "reconstructing", unit="img", dynamic_ncols=True
         )
     ]
+    for row, path in zip(rows, images):  # the files a report shows, relative to the run directory
+        row["file"] = f"{out_dir.name}/{path.stem}{suffix}"
+        if suffix == ".png" or path == shown:
+            row["decoded"] = f"reconstructions/{path.stem}.png"
     probe = profile_image(images, rows)
     profile = profiler(coder, pad(to_tensor(load_rgb(probe))[None].to(dev)), dev)
     profile["latency"]["image"] = probe.name

@@ -235,6 +235,8 @@ def evaluate_jpeg(net: LearnedJPEG, images: Sequence[Path], run_dir: Path) -> di
     tables = net.integer_tables()
     (run_dir / "tables.txt").write_text(tables_text(tables))
     rows = [code_image_jpeg(net, p, out_dir) for p in tqdm(images, desc="writing JPEG", unit="img", dynamic_ncols=True)]
+    for row, path in zip(rows, images):  # the file a report shows: a real JPEG that any decoder reads
+        row["file"] = row["decoded"] = f"{out_dir.name}/{path.stem}.jpg"
     metrics = dataset_means(rows)
     for key in ("bpp_huffman_standard", "bpp_huffman_optimized", "psnr_model_vs_file"):
         values = [r[key] for r in rows if r.get(key) is not None]

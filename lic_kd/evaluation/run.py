@@ -49,7 +49,7 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
         "model_options": {k: v for k, v in net.items() if k not in ("_target_", "N", "M")},
         "steps": meta.get("steps"),
         "checkpoint": meta["checkpoint"],
-        # what makes its curve; a training run replaces it with its whole configuration's (train.run_settings)
+        # what makes its curve; a training run gives its whole configuration's (lic_kd.training.spec.run_settings)
         "settings": meta.get("settings")
         or curve_settings_of(
             {
@@ -61,7 +61,10 @@ def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
                 "prune": meta.get("prune"),
                 "quant": meta.get("quant"),
                 "steps": meta.get("steps"),
-            }
+            },
+            uses_teacher=meta.get("role") not in ("teacher", "student")
+            or meta.get("init") == "teacher"
+            or bool(meta.get("prune")),
         ),
     }
 
@@ -101,8 +104,8 @@ def evaluate_run(
     identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Code `images` with the network of `checkpoint` (a training run's directory: its best checkpoint), write
-    run_dir/results.json and return it. `identity` adds what only the caller knows (a training run's budget,
-    seed, settings). A fixed-point network is also decoded twice, on 1 and 2 threads."""
+    run_dir/results.json and return it. `identity`: what the run is, from its spec (a training run), in place of what
+    the checkpoint says of itself. A fixed-point network is also decoded twice, on 1 and 2 threads."""
     started = time.perf_counter() if started is None else started
     net, meta = load_net(checkpoint, architecture, lmbda=lmbda)
     log.info("evaluating %d images with %s", len(images), meta["checkpoint"])
@@ -110,8 +113,11 @@ def evaluate_run(
     if meta.get("quant"):
         evaluation["determinism"] = decode_determinism(net, pad(to_tensor(load_rgb(images[0]))[None]))
         log.info("decoding twice, 1 and 2 threads: %s", determinism_summary(evaluation["determinism"]))
-    run = run_identity(meta) | {"run_dir": str(run_dir.resolve()), "images_dir": str(Path(images[0]).parent.resolve())}
-    results = build_results(run | (identity or {}), net, evaluation, time.perf_counter() - started)
+    run = (identity if identity is not None else run_identity(meta)) | {
+        "run_dir": str(run_dir.resolve()),
+        "images_dir": str(Path(images[0]).parent.resolve()),
+    }
+    results = build_results(run, net, evaluation, time.perf_counter() - started)
     write_json_atomic(run_dir / RESULTS_FILE, results)
     log.info("%s: %s -> %s", results["run"]["role"], summary(results["metrics"]), run_dir / RESULTS_FILE)
     shipped = meta.get("shipped_kodak")

@@ -4,8 +4,9 @@ lambda, CompressAI files and zoo weights."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +27,81 @@ from lic_kd.models.ladder import (
 )
 from lic_kd.models.networks import build_net, optimizer_steps_per_batch
 from lic_kd.models.zoo import check_zoo_hash, zoo_file
-from lic_kd.results import current_targets
+from lic_kd.results import current_targets, trained_runs
 
 
-def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
+class SourceKind(str, Enum):
+    ZOO = "zoo"  # zoo:MODEL[:QUALITY[:METRIC]]: CompressAI's weights in the torch hub cache
+    LADDER = "ladder"  # a shipped teacher ladder, or one of its weights files
+    SWEEP = "sweep"  # a sweep directory of finished runs: the one at the run's lambda
+    RUN = "run"  # a lic_kd run directory (checkpoints/)
+    FILE = "file"  # a lic_kd .ckpt or a CompressAI file
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """A setting that names trained weights (teacher.checkpoint, student.init=PATH), told apart once."""
+
+    text: str
+    kind: SourceKind
+
+    @classmethod
+    def parse(cls, value: "str | Path | CheckpointSource") -> "CheckpointSource":
+        if isinstance(value, CheckpointSource):
+            return value
+        text = str(value)
+        path = Path(text)
+        if text.startswith("zoo:"):
+            kind = SourceKind.ZOO
+        elif is_ladder(path):
+            kind = SourceKind.LADDER
+        elif path.is_dir() and not (path / "checkpoints").is_dir():
+            kind = SourceKind.SWEEP
+        elif path.is_dir():
+            kind = SourceKind.RUN
+        else:
+            kind = SourceKind.FILE
+        return cls(text, kind)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.text)
+
+    @property
+    def is_one_network(self) -> bool:
+        """A run or a file: one network, trained at one lambda (the others hold one per lambda)."""
+        return self.kind in (SourceKind.RUN, SourceKind.FILE)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def sweep_run_at(sweep: Path, lmbda: float | None) -> Path:
+    """The run of a sweep directory trained at `lmbda` (its only run, without `lmbda`), from what each run wrote
+    when its training ended (lic_kd.results.trained_runs): a teacher need not be evaluated to teach."""
+    runs = [
+        run_dir
+        for run_dir, record in trained_runs(sweep)
+        if lmbda is None or math.isclose(record["run"].get("lmbda") or -1, lmbda, rel_tol=1e-9)
+    ]
+    if len(runs) != 1:
+        at = "" if lmbda is None else f" at lmbda={lmbda}"
+        raise CheckpointError(
+            f"sweep directory {sweep} has {len(runs)} trained runs{at}, expected one: name the run "
+            f"directory{'' if lmbda is not None else ' (or, for the z teacher of hybrid KD, teacher.z_lmbda)'}"
+        )
+    return runs[0]
+
+
+def resolve_checkpoint(path: str | Path | CheckpointSource, lmbda: float | None = None) -> Path:
     """A checkpoint file; a lic_kd run directory (its best, else last, checkpoint); or a sweep directory of
-    finished runs, from which the one trained at `lmbda` (or its only run, without `lmbda`) is taken."""
-    path = Path(path)
-    if path.is_dir() and not (path / "checkpoints").is_dir() and any(path.glob("*/results.json")):
-        runs = [
-            p.parent
-            for p in sorted(path.glob("*/results.json"))
-            if lmbda is None or math.isclose(json.loads(p.read_text())["run"]["lmbda"] or -1, lmbda, rel_tol=1e-9)
-        ]
-        if len(runs) != 1:
-            at = "" if lmbda is None else f" at lmbda={lmbda}"
-            raise CheckpointError(
-                f"sweep directory {path} has {len(runs)} finished runs{at}, expected one: name the run "
-                f"directory{'' if lmbda is not None else ' (or, for the z teacher of hybrid KD, teacher.z_lmbda)'}"
-            )
-        path = runs[0]
+    trained runs, from which the one trained at `lmbda` (or its only run, without `lmbda`) is taken."""
+    source = CheckpointSource.parse(path)
+    path = source.path
+    if source.kind is SourceKind.SWEEP:
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        path = sweep_run_at(path, lmbda)
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
@@ -56,31 +112,32 @@ def resolve_checkpoint(path: str | Path, lmbda: float | None = None) -> Path:
     return path
 
 
-def checkpoint_fingerprint(spec: str | Path | None) -> str | None:
+def checkpoint_fingerprint(spec: str | Path | CheckpointSource | None) -> str | None:
     """The first 12 hex digits of a sha256 over the weights a teacher setting names: its file, a run's best
     checkpoint, every run of a sweep, a ladder's rungs, a zoo file. Two runs whose teachers differ in content
     (not only in name) differ in it; None when nothing is named."""
     if spec is None or str(spec) == "":
         return None
-    if str(spec).startswith("zoo:") and len(str(spec).split(":")) == 2:  # by lambda: every quality in the cache
+    source = CheckpointSource.parse(spec)
+    if source.kind is SourceKind.ZOO and len(source.text.split(":")) == 2:  # by lambda: every quality in the cache
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         return hashlib.sha256(
-            " ".join(sorted(p.name for p in folder.glob(f"{str(spec)[4:]}-*.pth.tar"))).encode()
+            " ".join(sorted(p.name for p in folder.glob(f"{source.text[4:]}-*.pth.tar"))).encode()
         ).hexdigest()[:12]
-    if str(spec).startswith("zoo:"):
-        files = [zoo_file(str(spec))[0]]
-    elif is_ladder(spec):
-        root = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    if source.kind is SourceKind.ZOO:
+        files = [zoo_file(source.text)[0]]
+    elif source.kind is SourceKind.LADDER:
+        root = source.path if source.path.is_dir() else source.path.parent
         return ladder_fingerprint(read_ladder(root))
-    elif Path(spec).is_dir() and not (Path(spec) / "checkpoints").is_dir():
-        files = [resolve_checkpoint(p.parent) for p in sorted(Path(spec).glob("*/results.json"))]
+    elif source.kind is SourceKind.SWEEP:
+        files = [resolve_checkpoint(run_dir) for run_dir, _ in trained_runs(source.path)]
     else:
-        files = [resolve_checkpoint(spec)]
+        files = [resolve_checkpoint(source)]
     return hashlib.sha256("".join(sha256(f) for f in files).encode()).hexdigest()[:12]
 
 
 def load_net(
-    path: str | Path, architecture: str | None = None, lmbda: float | None = None
+    path: str | Path | CheckpointSource, architecture: str | None = None, lmbda: float | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a frozen eval-mode network from a lic_kd checkpoint or run directory, or a CompressAI
     checkpoint file (a raw state dict or `{"state_dict": ...}`), for which `architecture` names the model
@@ -89,9 +146,11 @@ def load_net(
     dir or a rung from a teacher ladder (lic_kd.models.ladder); `zoo:MODEL:QUALITY` names CompressAI zoo weights in the
     torch hub cache."""
     ladder_meta = None
-    if str(path).startswith("zoo:"):
-        path, architecture = zoo_file(str(path), lmbda)
-    elif is_ladder(path):  # a shipped teacher ladder: the rung at lmbda, its sha256 checked
+    source = CheckpointSource.parse(path)
+    path = source.path
+    if source.kind is SourceKind.ZOO:
+        path, architecture = zoo_file(source.text, lmbda)
+    elif source.kind is SourceKind.LADDER:  # a shipped teacher ladder: the rung at lmbda, its sha256 checked
         try:
             path, ladder, rung = ladder_rung(path, lmbda)
         except LadderError as err:
@@ -124,13 +183,21 @@ def load_net(
 def _net_from_checkpoint(
     ckpt: dict, path: Path, architecture: str | None
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    hparams = ckpt.get("hyper_parameters", {})
-    if "net" in hparams:  # written by lic_kd's LightningModule
+    hparams, prefix = ckpt.get("hyper_parameters", {}), "net."
+    if "students" in ckpt and "net" not in hparams:  # a run's resumable state (lic_kd.training.module)
+        if len(ckpt["students"]) != 1:
+            raise CheckpointError(
+                f"{path} is the state of {len(ckpt['students'])} students trained together: name one student's "
+                "run directory or best.ckpt"
+            )
+        name, saved = next(iter(ckpt["students"].items()))
+        hparams, prefix = saved["record"], f"students.{name}.net."
+    if "net" in hparams:  # written by lic_kd
         net_cfg = current_targets(dict(hparams["net"]))
         net = build_net(net_cfg)
         if hparams.get("quant"):  # fixed point: the parametrized layers' keys, and the calibrated ranges
             quantize(net, dict(hparams["quant"]))
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         net.load_state_dict(state)
         meta = {k: current_targets(hparams.get(k)) for k in ("role", "loss", "teacher", "init", "prune", "quant")}
         meta["steps"] = ckpt.get("global_step", 0) // optimizer_steps_per_batch(net)

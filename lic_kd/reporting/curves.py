@@ -13,7 +13,17 @@ import pandas as pd
 from lic_kd.errors import ConfigError
 from lic_kd.models.ladder import ladder_fingerprint, read_ladder
 from lic_kd.reporting.bd import ms_ssim_db
-from lic_kd.results import FAILURE_FILE, RESULTS_FILE, current_targets, read_results, results_record
+from lic_kd.results import (
+    DIVERGED,
+    FAILED,
+    RESULTS_FILE,
+    TRAINED,
+    current_targets,
+    is_complete,
+    read_results,
+    results_record,
+    status_of,
+)
 
 RATE_COLUMNS = [
     "lmbda",
@@ -67,43 +77,41 @@ EXTRA_COLUMNS = [
 
 
 def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Every results.json under the sweep dirs, and every run directory (Hydra's `.hydra/` marks one)
-    that has none, with the reason read from its log when there is one."""
+    """Every complete results.json under the sweep dirs, and every run whose results.json says it is not complete,
+    with its reason (failed, diverged, killed while training or evaluating)."""
     results, missing = [], []
     for sweep in sweep_dirs:
         if not sweep.is_dir():
             raise ConfigError(f"sweep directory does not exist: {sweep}")
-        run_dirs = sorted({p.parent for p in sweep.rglob(".hydra")} | {p.parent for p in sweep.rglob(RESULTS_FILE)})
+        run_dirs = sorted(p.parent for p in sweep.rglob(RESULTS_FILE))
         # students trained together (student.N=[...]) are run dirs inside their group's: the group is not one
         run_dirs = [d for d in run_dirs if not any(o != d and d in o.parents for o in run_dirs)]
         for run_dir in run_dirs:
-            path = run_dir / RESULTS_FILE
-            if path.is_file():
-                try:
-                    results.append(read_results(path))
-                except json.JSONDecodeError as err:
-                    missing.append({"run_dir": str(run_dir), "reason": f"unreadable {RESULTS_FILE}: {err}"})
+            try:
+                record = read_results(run_dir / RESULTS_FILE)
+            except json.JSONDecodeError as err:
+                missing.append({"run_dir": str(run_dir), "reason": f"unreadable {RESULTS_FILE}: {err}"})
+                continue
+            if is_complete(record):
+                results.append(record | {"read_from": str(run_dir)})  # where its listed files are, wherever it ran
             else:
-                missing.append({"run_dir": str(run_dir), "reason": failure_reason(run_dir)})
+                missing.append({"run_dir": str(run_dir), "reason": failure_reason(record)})
     return results, missing
 
 
-def failure_reason(run_dir: Path) -> str:
-    """The error a failed run recorded in failure.json (every lic_kd command writes one when it raises); a run
-    killed from outside (SLURM's time limit, out of memory) has none: what its directory shows, and where to look."""
-    if (run_dir / FAILURE_FILE).is_file():
-        failure = read_results(run_dir / FAILURE_FILE)
-        if failure.get("diverged"):
-            d = failure["diverged"]
-            last = "" if d.get("last_finite_loss") is None else f", last finite loss {d['last_finite_loss']:.6g}"
-            return f"diverged at batch {d['batch']}: {d['what']} (lr {d.get('lr'):g}{last}): not evaluated"
-        return f"failed: {failure['error']}"
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return (
-            f"no {RESULTS_FILE}: training stopped after a checkpoint, killed? (its log says; re-run the same "
-            "command to resume)"
-        )
-    return f"no {RESULTS_FILE}: the run did not finish, killed? (its log says)"
+def failure_reason(record: dict[str, Any]) -> str:
+    """Why a run has no metrics, from its results.json: the error it raised, where it diverged, or how far it got
+    when it was killed from outside (SLURM's time limit, out of memory)."""
+    status = status_of(record)
+    if status == DIVERGED:
+        d = record["diverged"]
+        last = "" if d.get("last_finite_loss") is None else f", last finite loss {d['last_finite_loss']:.6g}"
+        return f"diverged at batch {d['batch']}: {d['what']} (lr {d.get('lr'):g}{last}): not evaluated"
+    if status == FAILED:
+        return f"failed: {record['error']}"
+    if status == TRAINED:
+        return "trained, not evaluated: killed while coding its images? (re-run the same command to evaluate it)"
+    return "training did not finish: killed? (its log says; re-run the same command to resume)"
 
 
 def quant_label(quant: dict[str, Any] | None) -> str | None:
@@ -285,6 +293,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "ms_ssim_db": ms_ssim_db(m.get("ms_ssim")),
                 "params": r.get("params"),
                 "checkpoint": run.get("checkpoint"),
+                "read_from": r.get("read_from", run.get("run_dir")),
                 **{k: (r.get("complexity") or {}).get(k) for k in ("params_encoder", "params_decoder", "size_mb")},
                 "kmac_encoder": (r.get("complexity") or {}).get("kmac_per_pixel_encoder"),
                 "kmac_decoder": (r.get("complexity") or {}).get("kmac_per_pixel_decoder"),
@@ -293,7 +302,7 @@ def rd_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "decode_peak_mb": ((r.get("memory") or {}).get("decode_peak_bytes") or float("nan")) / 1e6,
             }
         )
-    df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["settings", "pair_key"])
+    df = pd.DataFrame(rows, columns=RD_COLUMNS + EXTRA_COLUMNS + ["settings", "pair_key", "read_from"])
     # Runs of one role and width that differ in any setting are different curves, named by what differs.
     for label, group in df.groupby("curve"):
         if group["settings"].nunique() > 1:

@@ -239,23 +239,25 @@ def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def _decoded(run_dir: Path, image: str) -> tuple[np.ndarray, float | None] | None:
-    """One image as a run decoded it, from the files its evaluation wrote: the reconstruction it saved (a
-    codec's decoded showcase image, an autoencoder's output), or a learned JPEG's real file. Also the bpp of
-    its coded file (None without an entropy model)."""
-    stem = Path(image).stem
-    jpeg = run_dir / "bitstreams" / f"{stem}.jpg"
-    if jpeg.is_file():  # a learned JPEG: a real JPEG file, decoded by the standard decoder
-        with Image.open(jpeg) as img:
-            return np.asarray(img.convert("RGB")), 8 * jpeg.stat().st_size / (img.width * img.height)
-    reconstruction = run_dir / "reconstructions" / f"{stem}.png"
-    if not reconstruction.is_file():
-        return None
-    with Image.open(reconstruction) as img:
-        pixels = np.asarray(img.convert("RGB"))
-    bitstream = run_dir / "bitstreams" / f"{stem}.lkd"
-    bpp = 8 * bitstream.stat().st_size / (pixels.shape[0] * pixels.shape[1]) if bitstream.is_file() else None
-    return pixels, bpp
+def _decoded(run_dir: Path, row: dict[str, Any] | None) -> tuple[np.ndarray | None, str]:
+    """One image as a run decoded it, from the file its results.json lists (`decoded`: the reconstruction it
+    saved, or a real JPEG/WebP file a standard decoder reads), and what to say of it: its rate, or that the file
+    is missing."""
+    if row is None:
+        return None, "not coded"
+    listed = row.get("decoded") or _conventional_file(row)
+    rate = f"{row['bpp']:.3f} bpp" if row.get("bpp") is not None else "no entropy model"
+    path = run_dir / listed
+    if not path.is_file():
+        return None, f"{listed} missing"
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")), rate
+
+
+def _conventional_file(row: dict[str, Any]) -> str:
+    """Where evaluations recorded before results.json listed its files kept the decoded image."""
+    stem = Path(row["image"]).stem
+    return f"bitstreams/{stem}.jpg" if row.get("psnr_model_vs_file") is not None else f"reconstructions/{stem}.png"
 
 
 def _closest(group: pd.DataFrame, bpp: float) -> pd.Series:
@@ -266,43 +268,43 @@ def _closest(group: pd.DataFrame, bpp: float) -> pd.Series:
 
 
 def visual_comparison(
-    rd: pd.DataFrame, images: dict[str, Path], path: Path, image: str = "kodim23.png", crop: int = 192
+    rd: pd.DataFrame,
+    images: dict[str, Path],
+    coded: dict[str, dict[str, dict[str, Any]]],
+    path: Path,
+    image: str = "kodim23.png",
+    crop: int = 192,
 ) -> bool:
     """The same crop of one image: the original, the teacher, each student (at the rate closest to the
-    teacher's median-lambda run), and the codec rows (e.g. JPEG) at the rate closest to it. Autoencoders
-    show the reconstructions they saved."""
-    learned = rd[rd["role"].isin(["teacher", "student", "kd"])]
+    teacher's median-lambda run), and the codec rows (e.g. JPEG) at the rate closest to it, each from the files
+    its results.json lists (`coded`: per run directory read, the image rows). Autoencoders show the
+    reconstructions they saved; a listed file that is missing is said so in its panel."""
+    learned = rd[rd["role"].isin(["teacher", "student", "kd"]) & rd["read_from"].isin(list(coded))]
     if learned.empty:
         return False
-    first = Path(learned.iloc[0]["run_dir"])
-    coded = sorted(p.stem for p in [*(first / "bitstreams").glob("*.jpg"), *(first / "reconstructions").glob("*.png")])
-    if Path(image).stem not in coded:  # runs that coded a subset: take the first image they all have
-        image = next((name for name in images if Path(name).stem in coded[:1]), image)
+    first = coded[learned.iloc[0]["read_from"]]
+    kept = [name for name, row in first.items() if row.get("decoded") or "psnr_model_vs_file" in row]
+    if image not in kept:  # runs that coded a subset: take the first image they all have
+        image = next((name for name in images if name in kept[:1]), image)
     if image not in images:
         return False
     rated = learned.dropna(subset=["bpp"])
     teachers = rated[rated["role"] == "teacher"]
     reference = (teachers if not teachers.empty else rated if not rated.empty else learned).sort_values("lmbda")
     target_bpp = reference.iloc[len(reference) // 2]["bpp"]
-    panels: list[tuple[str, np.ndarray]] = []
+    panels: list[tuple[str, np.ndarray | None]] = []
     original = np.asarray(load_rgb(images[image]))
     panels.append(("original", original))
     for curve, group in learned.groupby("curve", sort=False):
         row = _closest(group, target_bpp)
-        decoded = _decoded(Path(row["run_dir"]), image)
-        if decoded is not None:
-            rate = "no entropy model" if decoded[1] is None else f"lmbda={row['lmbda']:g}, {decoded[1]:.3f} bpp"
-            panels.append((f"{curve}\n{rate}", decoded[0]))
-    for codec, group in rd[rd["role"] == "codec"].groupby("curve") if not pd.isna(target_bpp) else ():
+        pixels, said = _decoded(Path(row["read_from"]), coded[row["read_from"]].get(image))
+        setting = "" if pd.isna(row["lmbda"]) or pixels is None else f"lmbda={row['lmbda']:g}, "
+        panels.append((f"{curve}\n{setting}{said}", pixels))
+    codecs = rd[(rd["role"] == "codec") & rd["read_from"].isin(list(coded))]
+    for codec, group in codecs.groupby("curve") if not pd.isna(target_bpp) else ():
         row = _closest(group, target_bpp)
-        files = list((Path(row["run_dir"]) / "bitstreams").glob(f"{Path(image).stem}.*"))
-        if files:
-            h, w = original.shape[:2]
-            with Image.open(files[0]) as img:
-                decoded_img = np.asarray(img.convert("RGB"))
-            panels.append(
-                (f"{codec} q={row['quality']:g}\n{8 * files[0].stat().st_size / (h * w):.3f} bpp", decoded_img)
-            )
+        pixels, said = _decoded(Path(row["read_from"]), coded[row["read_from"]].get(image))
+        panels.append((f"{codec} q={row['quality']:g}\n{said}", pixels))
     h, w = original.shape[:2]
     top, left = (h - crop) // 2, (w - crop) // 2
     cols = min(4, len(panels))
@@ -311,7 +313,10 @@ def visual_comparison(
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, pixels) in zip(axes.flat, panels):
-        ax.imshow(pixels[top : top + crop, left : left + crop], interpolation="nearest")
+        if pixels is None:  # a listed file that is not there: the panel says so
+            ax.text(0.5, 0.5, "file missing", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        else:
+            ax.imshow(pixels[top : top + crop, left : left + crop], interpolation="nearest")
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"{image}: centre crop {crop}x{crop}", fontsize=10)
     _save(fig, path)

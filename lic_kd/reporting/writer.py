@@ -44,7 +44,7 @@ def write_report(
     for path in references:
         results += load_reference(path)
     if not results and not missing:
-        raise ConfigError(f"no runs ({RESULTS_FILE} or .hydra/) under {', '.join(map(str, sweep_dirs))}")
+        raise ConfigError(f"no runs ({RESULTS_FILE}) under {', '.join(map(str, sweep_dirs))}")
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     rd = rd_table(results)
@@ -78,7 +78,8 @@ def write_report(
             f"lic_kd report {name}: Kodak, real bitstream bpp",
         )
     if figures:
-        write_figures(rd, bd, complexity, missing, out, name, images_dir, warnings_md, extra)
+        coded = {r["read_from"]: {i["image"]: i for i in r.get("images", [])} for r in results if "read_from" in r}
+        write_figures(rd, bd, complexity, missing, out, name, images_dir, coded, warnings_md, extra)
     return out
 
 
@@ -90,10 +91,12 @@ def write_figures(
     out: Path,
     name: str,
     images_dir: Path,
+    coded: dict[str, dict[str, dict]],
     warnings_md: str = "",
     extra: dict[str, pd.DataFrame] | None = None,
 ) -> None:
-    """The figures, and report.md that shows every table and figure."""
+    """The figures, and report.md that shows every table and figure. `coded`: each run's image rows (the files
+    its results.json lists), by the directory it was read from."""
 
     rated = rd["bpp"].notna().any()
     unrated = rd[rd["role"].isin(["teacher", "student", "kd"]) & rd["bpp"].isna()]
@@ -110,7 +113,7 @@ def write_figures(
     )
     made["complexity_vs_width.png"] = figures.complexity_vs_width(rd, out / "complexity_vs_width.png")
     images = {p.name: p for p in images_dir.glob("*")} if images_dir.is_dir() else {}
-    made["visual_comparison.png"] = figures.visual_comparison(rd, images, out / "visual_comparison.png")
+    made["visual_comparison.png"] = figures.visual_comparison(rd, images, coded, out / "visual_comparison.png")
     extra = extra or {}
     distill = extra.get("distillation", pd.DataFrame())
     made["distillation.png"] = not distill.empty and figures.distillation(distill, out / "distillation.png")

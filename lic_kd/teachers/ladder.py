@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,20 @@ from lic_kd.errors import run_cli
 from lic_kd.io import sha256
 from lic_kd.models.checkpoints import load_net
 from lic_kd.models.ladder import LADDER_FILE, LadderError, read_ladder
-from lic_kd.results import read_results
+from lic_kd.results import RESULTS_FILE, git_state, is_complete, read_record, read_results
 from lic_kd.teachers.export import export_compressai
 
 
 def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return commit + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    git_state.cache_clear()  # read now: the caller writes into the work tree next
+    commit, dirty = git_state()
+    return None if commit is None else commit + ("+uncommitted changes" if dirty else "")
+
+
+def complete_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The evaluated runs of a sweep, their records (a failed, diverged or unfinished one is none of its rungs)."""
+    records = (read_record(p.parent) for p in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")))
+    return [r for r in records if r is not None and is_complete(r)]
 
 
 def _machine() -> dict[str, Any]:
@@ -133,9 +130,9 @@ def build_ladder(
 ) -> dict[str, Any]:
     """Export every finished run of a teacher sweep into a ladder directory (weights, ladder.json, SHA256SUMS)."""
 
-    runs = sorted((read_results(p) for p in Path(sweep_dir).glob("*/results.json")), key=lambda r: r["run"]["lmbda"])
+    runs = sorted(complete_runs(sweep_dir), key=lambda r: r["run"]["lmbda"])
     if not runs:
-        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+        raise LadderError(f"{sweep_dir} has no finished runs (no complete */results.json)")
     commit = _git_commit()  # before this function writes into the work tree
     base = read_results(base_dir / "results.json") if base_dir else None
     previous = read_ladder(out_dir) if (out_dir / LADDER_FILE).is_file() else None  # read before it is replaced
@@ -219,9 +216,9 @@ def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None 
     ladder = read_ladder(out_dir)
     commit = _git_commit()  # before this function writes into the work tree
     base = ladder.get("base") or {}
-    runs = [read_results(p) for p in Path(sweep_dir).glob("*/results.json")]
+    runs = complete_runs(sweep_dir)
     if not runs:
-        raise LadderError(f"{sweep_dir} has no finished runs (no */results.json)")
+        raise LadderError(f"{sweep_dir} has no finished runs (no complete */results.json)")
     added = []
     for r in runs:
         init = Path(str(r["run"].get("init") or "")).name

@@ -1,5 +1,9 @@
-"""One LightningModule for every role: a teacher or plain student (its own objective), or a KD student
-(frozen teachers), for codecs (rate-distortion) and for autoencoders without an entropy model (reconstruction)."""
+"""The one LightningModule: the students of a run (one, or several trained together) on the same batches, each with
+its own optimizers, schedule, training-noise stream and best checkpoint, and the frozen teachers whose targets are
+computed once per batch for all of them. A teacher or plain student trains on its own objective; a KD student on
+the distillation loss; codecs on rate-distortion, autoencoders without an entropy model on reconstruction.
+
+It receives its parts ready (lic_kd.training.parts builds them): nothing here reads a configuration."""
 
 from __future__ import annotations
 
@@ -11,23 +15,13 @@ import lightning as L
 import torch
 from compressai.models import CompressionModel
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 
 from lic_kd.errors import ConfigError, UserError
-from lic_kd.frugal.prune import prune_into
-from lic_kd.frugal.quant import calibrate, quantize
 from lic_kd.io import save_atomic
-from lic_kd.models.checkpoints import load_net
-from lic_kd.models.networks import build_net, capture_latents, optimizer_steps_per_batch
-from lic_kd.training.losses import DistillationLoss, RateDistortionLoss
-from lic_kd.training.precision import entropy_models_in_float32
-
-ROLES = ("teacher", "student", "kd")
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
+from lic_kd.models.networks import capture_latents, optimizer_steps_per_batch
+from lic_kd.training.losses import DistillationLoss
 
 
 def budget_multistep(
@@ -65,11 +59,6 @@ def steps_every_batch(scheduler: Any) -> bool:
     return scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau)
 
 
-def step_at_validation(scheduler: Any, val_loss: torch.Tensor) -> None:
-    if isinstance(scheduler, ReduceLROnPlateau):
-        scheduler.step(val_loss)
-
-
 class DivergedError(UserError):
     """Training met a non-finite loss or gradient: the weights are still the last finite ones, nothing
     non-finite was stepped into them. The message names the batch and the last finite loss."""
@@ -81,195 +70,71 @@ class DivergedError(UserError):
         super().__init__(f"training diverged at batch {batch}: {what} ({last}); the run stops here, unevaluated: {fix}")
 
 
-class CodecModule(L.LightningModule):
-    """Trains a CompressAI model with CompressAI's recipe: a main optimizer on the network and an auxiliary
-    one on the entropy bottleneck quantiles (hence manual optimization), with gradient clipping. An
-    autoencoder without an entropy model has the main optimizer only."""
+class Teachers(nn.Module):
+    """The frozen teachers of KD students: `main` gives the y_hat and x_hat targets, `z` (hybrid KD, a low-rate
+    teacher) the z_hat target. Always in eval mode: a teacher quantizes by rounding, as at inference."""
 
-    def __init__(
-        self,
-        net: dict,
-        loss: dict,
-        optimizer: dict,
-        scheduler: dict | None = None,
-        role: str = "student",
-        teacher: dict | None = None,
-        init: str = "random",
-        calibration: torch.Tensor | None = None,
-        prune: dict | None = None,
-        quant: dict | None = None,
-        noise_seed: int | None = None,
-        teacher_nets: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
-    ) -> None:
-        """`net`, `loss`: `_target_` configs; `optimizer`: {main, aux, clip_max_norm}; `scheduler`: a
-        `_target_` config of the main optimizer's LR schedule, stepped at each validation; `init`: `random`,
-        `teacher` (teacher.checkpoint, pruned to this network's widths) or a checkpoint to start from;
-        `calibration`: training crops on which a narrower network's channels are ranked (lic_kd.frugal.prune);
-        `prune`: the prune group's settings, recorded (train.apply_pruning has already set widths and init);
-        `quant`: the quant group's settings: the network is made fixed point after its initialisation and its
-        activation ranges calibrated on `calibration` (lic_kd.frugal.quant); `noise_seed`: the seed of the training
-        noise's own random stream (default: the process's seed); `teacher_nets`: the (main, z) teachers,
-        already loaded, that students trained together share (lic_kd.training.group), else loaded from `teacher`."""
+    def __init__(self, main: nn.Module, z: nn.Module | None = None) -> None:
         super().__init__()
-        if role not in ROLES:
-            raise ConfigError(f"role must be one of {ROLES}, got {role!r}")
-        self.save_hyperparameters(
-            {
-                k: _plain(v)
-                for k, v in dict(
-                    net=net,
-                    loss=loss,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    role=role,
-                    teacher=teacher,
-                    init=init,
-                    prune=prune,
-                    quant=quant,
-                ).items()
-            }
-        )
-        self.automatic_optimization = False
-        self.net = build_net(self.hparams.net)
-        self.loss = instantiate(self.hparams.loss)
-        self.is_kd = isinstance(self.loss, DistillationLoss)
-        if self.is_kd != (role == "kd"):
-            raise ConfigError(
-                f"role={role} needs loss={'kd' if role == 'kd' else 'plain'}, got {type(self.loss).__name__}"
-            )
-        task = self.loss.task if self.is_kd else self.loss
-        self.has_entropy_model = isinstance(self.net, CompressionModel)
-        has_rate = self.has_entropy_model or getattr(
-            self.net, "has_rate", False
-        )  # learned JPEG: a rate proxy, no aux optimizer
-        if has_rate != isinstance(task, RateDistortionLoss):
-            need = "objective=rd (rate-distortion)" if has_rate else "objective=reconstruction (it has no rate)"
-            raise ConfigError(
-                f"{type(self.net).__name__} {'has an' if has_rate else 'has no'} entropy model: "
-                f"train it with {need}, got {type(task).__name__}"
-            )
-        self.optimizer_steps_per_batch = optimizer_steps_per_batch(self.net)
-        # prune.criterion=l1 ranks channels by filter norm alone: no activations (lic_kd.frugal.prune)
-        ranking_images = None if (prune or {}).get("criterion") == "l1" else calibration
-        self._initialise(init, teacher, getattr(task, "lmbda", None), ranking_images)
-        if quant:
-            if calibration is None:
-                raise ValueError("quantization needs calibration images (training crops)")
-            quantize(self.net, quant)
-            calibrate(self.net, calibration)
-        self.noise_seed = torch.initial_seed() if noise_seed is None else noise_seed
-        self.noise_state: dict[str, torch.Tensor] | None = None  # set at the first training step
-        self.last_finite_loss: float | None = None
-        self._batch_number = 0
-        self.teacher = self.z_teacher = None
-        if self.is_kd and teacher_nets is not None:
-            self.teacher, self.z_teacher = teacher_nets
-        elif self.is_kd:
-            if not teacher or not teacher.get("checkpoint"):
-                raise ConfigError(
-                    "role=kd needs a teacher: set teacher.checkpoint=PATH (a lic_kd run dir or .ckpt, or a "
-                    "CompressAI file)"
-                )
-            self.teacher, _ = load_net(
-                teacher["checkpoint"], teacher.get("architecture"), lmbda=getattr(task, "lmbda", None)
-            )
-            if teacher.get("z_checkpoint"):  # hybrid KD: z from a low-rate teacher, y and x_hat from the main one
-                if not self.loss.weights["z"]:
-                    raise ConfigError("teacher.z_checkpoint (hybrid KD) gives the z target only: set loss.w_z > 0")
-                self.z_teacher, _ = load_net(
-                    teacher["z_checkpoint"], teacher.get("architecture"), lmbda=teacher.get("z_lmbda")
-                )
-        for net in (self.net, self.teacher, self.z_teacher):  # rates in float32 under mixed precision
-            if net is not None:
-                entropy_models_in_float32(net)
+        self.main, self.z = main, z
 
-    def _initialise(
-        self, init: str, teacher: dict | None, lmbda: float | None, calibration: torch.Tensor | None
-    ) -> None:
-        """Start from trained weights: the teacher's (its most important channels when this network is
-        narrower, the teacher itself plus idle channels when it is wider) or any checkpoint's. Resuming overwrites
-        them with last.ckpt, as it should."""
-        if init in (None, "random"):
-            return
-        if init == "teacher":
-            if not teacher or not teacher.get("checkpoint"):
-                raise ConfigError("student.init=teacher needs a teacher: set teacher.checkpoint=PATH")
-            source_path, architecture = teacher["checkpoint"], teacher.get("architecture")
-        else:
-            # a CompressAI file without a teacher config (a teacher trained on from one): this network's own class
-            own_class = f"{type(self.net).__module__}.{type(self.net).__qualname__}"
-            source_path, architecture = init, (teacher or {}).get("architecture") or own_class
-        source, _ = load_net(source_path, architecture, lmbda=lmbda)
-        try:
-            prune_into(source, self.net, calibration)
-        except ValueError as err:
-            raise ConfigError(f"student.init={init}: {err}") from None
-
-    def train(self, mode: bool = True) -> "CodecModule":
-        super().train(mode)
-        for teacher in (self.teacher, self.z_teacher):
-            if teacher is not None:
-                teacher.eval()  # a teacher always quantizes by rounding, as at inference
-        return self
+    def train(self, mode: bool = True) -> "Teachers":
+        return super().train(False)
 
     @torch.no_grad()
-    def teacher_targets(self, x: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
-        """The teacher's output and latents; in hybrid KD, z_hat comes from the low-rate teacher."""
-        with capture_latents(self.teacher) as latents:
-            out = self.teacher(x)
-        if self.z_teacher is not None:
-            with capture_latents(self.z_teacher) as z_latents:
-                self.z_teacher(x)
+    def targets(self, x: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The main teacher's output and latents; in hybrid KD, z_hat comes from the low-rate teacher."""
+        with capture_latents(self.main) as latents:
+            out = self.main(x)
+        if self.z is not None:
+            with capture_latents(self.z) as z_latents:
+                self.z(x)
             latents["z_hat"] = z_latents.get("z_hat")
         return out, latents
 
-    def check_kd_shapes(self, size: int = 64) -> None:
-        """Run student and teacher once on a dummy image: a KD term whose latents differ in shape is a
-        configuration error, raised before any training."""
-        if not self.is_kd:
-            return
-        x = torch.zeros(1, 3, size, size)
-        with torch.no_grad():
-            was_training = self.net.training
-            self.net.eval()
-            with capture_latents(self.net) as student_latents:
-                self.net(x)
-            self.net.train(was_training)
-            _, teacher_latents = self.teacher_targets(x)
-        shapes = {
-            name: {k: tuple(v.shape) for k, v in latents.items() if v is not None}
-            for name, latents in (("student", student_latents), ("teacher", teacher_latents))
-        }
-        for key in self.loss.required_latents():
-            s, t = shapes["student"].get(key), shapes["teacher"].get(key)
-            if s is None or t is None or s != t:
-                hint = (
-                    "M (latent channels)"
-                    if key == "y_hat"
-                    else "hyper-latent width (model=bmshj2018-hyperprior-hyperwidth "
-                    f"model.hyper_N={t[1] if t else 'N'})"
-                )
-                raise ConfigError(
-                    f"KD on {key} needs equal student and teacher shapes, got student {s} vs teacher {t}: "
-                    f"set the student's {hint} to the teacher's, or its KD weight to 0"
-                )
 
-    def _step(self, batch: torch.Tensor, targets: tuple[dict, dict] | None = None) -> dict[str, torch.Tensor]:
-        """The loss on a batch; `targets`: the teacher's (output, latents) when a group has computed them."""
+class Student(nn.Module):
+    """One network in training with CompressAI's recipe: a main optimizer on the network and an auxiliary one on
+    the entropy bottleneck quantiles (an autoencoder or a learned JPEG has the main one only), clipping, and its
+    own training-noise stream. `record`: what its checkpoint says of it (load_net, evaluation and resuming read
+    it): net, loss, optimizer, scheduler, role, teacher, init, prune, quant."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None,
+        record: dict[str, Any],
+        noise_seed: int,
+    ) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_cfg, self.scheduler_cfg, self.record = optimizer, scheduler, record
+        self.is_kd = isinstance(loss, DistillationLoss)
+        self.has_entropy_model = isinstance(net, CompressionModel)
+        self.optimizer_steps = optimizer_steps_per_batch(net)
+        self.noise_seed = noise_seed
+        self.noise_state: dict[str, torch.Tensor] | None = None  # set at the first training step
+        self.last_finite_loss: float | None = None
+        self.main_optimizer: torch.optim.Optimizer | None = None
+
+    def losses(self, batch: torch.Tensor, targets: tuple[dict, dict] | None) -> dict[str, torch.Tensor]:
+        """The loss terms on a batch; `targets`: the teachers' (output, latents) of a KD student."""
         if not self.is_kd:
             return self.loss(self.net(batch), batch)
         with capture_latents(self.net) as student_latents:
             student_out = self.net(batch)
-        teacher_out, teacher_latents = targets if targets is not None else self.teacher_targets(batch)
+        teacher_out, teacher_latents = targets
         return self.loss(student_out, student_latents, teacher_out, teacher_latents, batch)
 
     @contextmanager
-    def noise_stream(self) -> Iterator[None]:
+    def noise_stream(self, device: torch.device) -> Iterator[None]:
         """The training noise (CompressAI's uniform noise in place of rounding) draws from this network's own
         random stream, seeded with `noise_seed` and saved in checkpoints: it then depends on nothing else the
         process draws, so that students trained together draw what each would draw alone."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+        cuda = device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
             if self.noise_state is None:
                 torch.default_generator.manual_seed(self.noise_seed)
                 if cuda:
@@ -277,55 +142,11 @@ class CodecModule(L.LightningModule):
             else:
                 torch.set_rng_state(self.noise_state["cpu"])
                 if cuda and "cuda" in self.noise_state:
-                    torch.cuda.set_rng_state(self.noise_state["cuda"], self.device)
+                    torch.cuda.set_rng_state(self.noise_state["cuda"], device)
             yield
             self.noise_state = {"cpu": torch.get_rng_state()} | (
-                {"cuda": torch.cuda.get_rng_state(self.device)} if cuda else {}
+                {"cuda": torch.cuda.get_rng_state(device)} if cuda else {}
             )
-
-    def fit_batch(
-        self, host: L.LightningModule, batch: torch.Tensor, optimizers: list, targets: tuple | None = None
-    ) -> dict[str, torch.Tensor]:
-        """One batch of CompressAI's recipe: the main optimizer on the loss (clipped), the auxiliary one on
-        the quantiles. `host` is the LightningModule the trainer runs (this one, or the group holding it). A
-        non-finite loss or gradient raises DivergedError before any optimizer steps on it."""
-        optimizer, aux_optimizer = (optimizers + [None])[:2]
-        self._batch_number = host.trainer.global_step // host.optimizer_steps_per_batch + 1
-        with self.noise_stream():
-            out = self._step(batch, targets)
-        self.check_finite(out["loss"], "the loss is {}", self._batch_number)
-        optimizer.zero_grad()
-        host.manual_backward(out["loss"])
-        optimizer.step()  # unscaled (16-mixed), checked and clipped first: before_main_step
-        logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items() if torch.is_tensor(v)}
-
-        if aux_optimizer is not None:
-            aux_loss = self.net.aux_loss()
-            self.check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", self._batch_number)
-            aux_optimizer.zero_grad()
-            host.manual_backward(aux_loss)
-            aux_optimizer.step()
-            logs["train/aux"] = aux_loss.detach()
-        self.last_finite_loss = float(out["loss"].detach())
-        return logs
-
-    def owns_main_optimizer(self, optimizer: Any) -> bool:
-        return getattr(optimizer, "optimizer", optimizer) is self.main_optimizer  # Lightning's wrapper or the optimizer
-
-    def before_main_step(self, host: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        """Between backward and the main optimizer's step, where Lightning has unscaled float16 gradients: a
-        non-finite gradient stops the run (under 16-mixed the scaler skips such a step itself), then clipping."""
-        if host.trainer.precision != "16-mixed":
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            self.check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self._batch_number)
-        if self.hparams.optimizer.get("clip_max_norm"):
-            host.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.optimizer["clip_max_norm"], gradient_clip_algorithm="norm"
-            )
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.owns_main_optimizer(optimizer):
-            self.before_main_step(self, optimizer)
 
     def check_finite(self, value: torch.Tensor, what: str, batch: int) -> None:
         """DivergedError, naming `what` (with {} for nan or inf) and the batch, when `value` is not finite."""
@@ -336,42 +157,21 @@ class CodecModule(L.LightningModule):
                 batch,
                 self.last_finite_loss,
                 self.main_optimizer.param_groups[0]["lr"],
-                bool(self.hparams.optimizer.get("clip_max_norm")),
+                bool(self.optimizer_cfg.get("clip_max_norm")),
             )
 
-    def step_schedule_after_batch(self, scheduler: Any) -> None:
-        if steps_every_batch(scheduler):
-            scheduler.step()
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], Any]:
+        main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]
+        optimizers = [instantiate(self.optimizer_cfg["main"], params=main)]
+        self.main_optimizer = optimizers[0]  # the one whose gradients are checked and clipped
+        if self.has_entropy_model:
+            aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
+            optimizers.append(instantiate(self.optimizer_cfg["aux"], params=aux))
+        scheduler = instantiate(self.scheduler_cfg, optimizer=optimizers[0]) if self.scheduler_cfg else None
+        return optimizers, scheduler
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        optimizers = self.optimizers()
-        logs = self.fit_batch(self, batch, optimizers if isinstance(optimizers, list) else [optimizers])
-        self.step_schedule_after_batch(self.lr_schedulers())
-        self.log_dict(logs, prog_bar=False, batch_size=batch.shape[0])
-        self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
-
-    def save_run_checkpoint(self, path: Path, batches: int, **extra: Any) -> None:
-        """This network as a run's checkpoint in Lightning's layout, written without a Trainer (a post-training
-        quantization; a student of a group): load_net, resume and reports read it as any run's. Written to a
-        temporary file, then renamed: a reader never sees half a file."""
-        checkpoint = {
-            "state_dict": {k: v for k, v in self.state_dict().items() if k.startswith("net.")},
-            "hyper_parameters": dict(self.hparams),
-            "epoch": 0,
-            "global_step": batches * self.optimizer_steps_per_batch,
-            "pytorch-lightning_version": L.__version__,
-            **extra,
-        }
-        save_atomic(checkpoint, path)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["noise_state"] = self.noise_state
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.noise_state = checkpoint.get("noise_state")
-
-    def validation_logs(self, batch: torch.Tensor, targets: tuple | None = None) -> dict[str, torch.Tensor]:
-        out = self._step(batch, targets)
+    def validation_logs(self, batch: torch.Tensor, targets: tuple | None) -> dict[str, torch.Tensor]:
+        out = self.losses(batch, targets)
         # val/loss is the student's own objective in every role (RD loss, or reconstruction loss), so best
         # checkpoints and the plateau schedule follow the quantity that is evaluated; the KD objective is
         # logged beside it.
@@ -381,28 +181,183 @@ class CodecModule(L.LightningModule):
             logs["val/kd_loss"] = out["loss"]
         return logs
 
+    def checkpoint(self, batches: int, **extra: Any) -> dict[str, Any]:
+        """This network as a run's checkpoint, the file load_net reads: its weights, its record, its batches."""
+        return {
+            "state_dict": {f"net.{k}": v for k, v in self.net.state_dict().items()},
+            "hyper_parameters": dict(self.record),
+            "epoch": 0,
+            "global_step": batches * self.optimizer_steps,
+            "pytorch-lightning_version": L.__version__,
+            **extra,
+        }
+
+
+class CodecModule(L.LightningModule):
+    """Trains `students` (by name; a run of one network has one) on every batch; KD students share `teachers`.
+    Metrics are logged under each student's name when several train together (N16/val/loss), else plainly
+    (val/loss). A student that meets a non-finite loss stops (`diverged`) and the others go on."""
+
+    def __init__(self, students: dict[str, Student], teachers: Teachers | None = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        kd = [s.is_kd for s in students.values()]
+        if any(kd) and not all(kd):
+            raise ValueError("students trained together share one role: all KD or none")
+        if any(kd) and teachers is None:
+            raise ValueError("KD students need their teachers")
+        self.students = nn.ModuleDict(students)
+        self.teachers = teachers if any(kd) else None
+        self.optimizer_steps_per_batch = sum(s.optimizer_steps for s in students.values())
+        self.diverged: dict[str, dict[str, Any]] = {}
+        self._counts: dict[str, int] = {}
+
+    def prefix(self, name: str) -> str:
+        return f"{name}/" if len(self.students) > 1 else ""
+
+    def active(self) -> dict[str, Student]:
+        return {name: s for name, s in self.students.items() if name not in self.diverged}
+
+    def batches_done(self) -> int:
+        return self.trainer.global_step // self.optimizer_steps_per_batch
+
+    def stop(self, name: str, err: DivergedError) -> None:
+        """A student met a non-finite loss: it stops (its weights stay the last finite ones, its best checkpoint
+        stays what it was) and the others go on; with none left, training stops."""
+        self.diverged[name] = err.record | {"error": str(err)}
+        if len(self.students) > 1:
+            self.print(f"student {name}: {err}")
+        if not self.active():
+            raise err
+
+    def _targets(self, batch: torch.Tensor) -> tuple[dict, dict] | None:
+        return self.teachers.targets(batch) if self.teachers is not None else None  # one forward for every student
+
+    def _optimizers(self) -> dict[str, list]:
+        """Lightning's flat list of optimizers back to each student's, in configure order."""
+        flat, out, start = self.optimizers(), {}, 0
+        flat = flat if isinstance(flat, list) else [flat]
+        for name, count in self._counts.items():
+            out[name], start = flat[start : start + count], start + count
+        return out
+
+    def _schedulers(self) -> dict[str, Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return {}
+        return dict(zip(self.students, schedulers if isinstance(schedulers, list) else [schedulers]))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        targets = self._targets(batch)
+        optimizers, schedulers = self._optimizers(), self._schedulers()
+        losses = []
+        for name, student in self.active().items():
+            try:
+                logs = self._fit_batch(student, batch, optimizers[name], targets)
+            except DivergedError as err:
+                self.stop(name, err)
+                continue
+            if steps_every_batch(schedulers.get(name)):
+                schedulers[name].step()
+            self.log_dict({f"{self.prefix(name)}{k}": v for k, v in logs.items()}, batch_size=batch.shape[0])
+            losses.append(logs["train/loss"])
+        if losses:
+            self.log("loss", torch.stack(losses).mean(), prog_bar=True, logger=False)
+
+    def _fit_batch(
+        self, student: Student, batch: torch.Tensor, optimizers: list, targets: tuple | None
+    ) -> dict[str, torch.Tensor]:
+        """One batch of CompressAI's recipe: the main optimizer on the loss (checked and clipped in
+        on_before_optimizer_step), the auxiliary one on the quantiles. A non-finite loss or gradient raises
+        DivergedError before any optimizer steps on it."""
+        optimizer, aux_optimizer = (optimizers + [None])[:2]
+        batch_number = self.batches_done() + 1
+        with student.noise_stream(self.device):
+            out = student.losses(batch, targets)
+        student.check_finite(out["loss"], "the loss is {}", batch_number)
+        optimizer.zero_grad()
+        self.manual_backward(out["loss"])
+        optimizer.step()  # unscaled (16-mixed), checked and clipped first: on_before_optimizer_step
+        logs = {f"train/{k.removesuffix('_loss')}": v.detach() for k, v in out.items() if torch.is_tensor(v)}
+        if aux_optimizer is not None:
+            aux_loss = student.net.aux_loss()
+            student.check_finite(aux_loss, "the auxiliary (quantiles) loss is {}", batch_number)
+            aux_optimizer.zero_grad()
+            self.manual_backward(aux_loss)
+            aux_optimizer.step()
+            logs["train/aux"] = aux_loss.detach()
+        student.last_finite_loss = float(out["loss"].detach())
+        return logs
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Between backward and a main optimizer's step, where Lightning has unscaled float16 gradients: a
+        non-finite gradient stops the student (under 16-mixed the scaler skips such a step itself), then clipping."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper or the optimizer
+        student = next((s for s in self.active().values() if s.main_optimizer is inner), None)
+        if student is None:
+            return
+        if self.trainer.precision != "16-mixed":
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            student.check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self.batches_done() + 1)
+        if student.optimizer_cfg.get("clip_max_norm"):
+            self.clip_gradients(
+                optimizer, gradient_clip_val=student.optimizer_cfg["clip_max_norm"], gradient_clip_algorithm="norm"
+            )
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        # averaged over DDP processes, so that every process picks the same best checkpoint and LR step
-        self.log_dict(self.validation_logs(batch), prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+        targets = self._targets(batch)
+        losses = []
+        for name, student in self.active().items():
+            logs = student.validation_logs(batch, targets)
+            # averaged over DDP processes, so that every process picks the same best checkpoint and LR step
+            self.log_dict(
+                {f"{self.prefix(name)}{k}": v for k, v in logs.items()},
+                prog_bar=len(self.students) == 1,
+                batch_size=batch.shape[0],
+                sync_dist=True,
+            )
+            losses.append(logs["val/loss"])
+        if len(self.students) > 1:  # the progress bar's one number: the mean
+            self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        val_loss = self.trainer.callback_metrics["val/loss"]
-        # raised before ModelCheckpoint sees it: a non-finite validation never becomes best.ckpt
-        self.check_finite(
-            val_loss, "the validation loss is {}", self.trainer.global_step // self.optimizer_steps_per_batch
-        )
-        step_at_validation(self.lr_schedulers(), val_loss)
+        schedulers = self._schedulers()
+        for name, student in self.active().items():
+            val_loss = self.trainer.callback_metrics[f"{self.prefix(name)}val/loss"]
+            try:  # before StudentCheckpoint sees it: a non-finite validation never becomes a best checkpoint
+                student.check_finite(val_loss, "the validation loss is {}", self.batches_done())
+            except DivergedError as err:
+                self.stop(name, err)
+                continue
+            if isinstance(schedulers.get(name), ReduceLROnPlateau):
+                schedulers[name].step(val_loss)
 
     def configure_optimizers(self) -> Any:
-        main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]
-        optimizers = [instantiate(self.hparams.optimizer["main"], params=main)]
-        self.main_optimizer = optimizers[0]  # the one whose gradients are checked and clipped (before_main_step)
-        if self.has_entropy_model:
-            aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
-            optimizers.append(instantiate(self.hparams.optimizer["aux"], params=aux))
-        if not self.hparams.scheduler:
-            return optimizers
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizers[0])
-        return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]
+        optimizers, schedulers, self._counts = [], [], {}
+        for name, student in self.students.items():
+            opts, scheduler = student.configure_optimizers()
+            self._counts[name] = len(opts)
+            optimizers += opts
+            schedulers += [scheduler] if scheduler is not None else []
+        if schedulers and len(schedulers) != len(self.students):
+            raise ValueError("students trained together all have an LR schedule, or none")
+        return (optimizers, [{"scheduler": s, "interval": "epoch"} for s in schedulers]) if schedulers else optimizers
+
+    def save_student(self, name: str, path: Path, batches: int | None = None, **extra: Any) -> None:
+        """One student's checkpoint file (Student.checkpoint), written atomically: a reader never sees half."""
+        batches = self.batches_done() if batches is None else batches
+        save_atomic(self.students[name].checkpoint(batches, **extra), path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["students"] = {
+            name: {"noise_state": s.noise_state, "diverged": self.diverged.get(name), "record": s.record}
+            for name, s in self.students.items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, saved in checkpoint.get("students", {}).items():
+            self.students[name].noise_state = saved["noise_state"]
+            if saved.get("diverged"):
+                self.diverged[name] = saved["diverged"]

@@ -309,20 +309,20 @@ def test_a_refused_family_is_refused_by_pruned_widths_too():
 def test_prune_channels_on_an_mbt2018_teacher_through_the_model_config(tmp_path):
     """model=mbt2018 with prune=channels: pruned_widths keeps M, the student built from conf/model/mbt2018.yaml
     takes the teacher's context model and entropy parameters unchanged and its kept channels elsewhere."""
-    from omegaconf import open_dict
 
-    from conftest import compose_config as make
+    from conftest import task_config
     from lic_kd.models.checkpoints import load_net
     from lic_kd.models.networks import build_net
-    from lic_kd.training.setup import apply_pruning
+    from lic_kd.training.spec import parse_run
 
     torch.manual_seed(0)
-    cfg = make(["experiment=smoke", "model=mbt2018", "student.N=16", "student.M=24", "prune=channels"])
-    teacher = _randomised(build_net(cfg.model))
+    overrides = ["experiment=smoke", "model=mbt2018", "student.N=16", "student.M=24", f"paths.output_dir={tmp_path}"]
+    teacher = _randomised(build_net(task_config(overrides).model))
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    with open_dict(cfg):
-        cfg.teacher.checkpoint = str(tmp_path / "teacher.pth")
-    apply_pruning(cfg)
+    (pruned,) = parse_run(
+        task_config([*overrides, "prune=channels", f"teacher.checkpoint={tmp_path / 'teacher.pth'}"])
+    ).students
+    cfg = pruned.cfg
     assert (cfg.student.N, cfg.student.M, cfg.student.init) == (8, 24, "teacher")
     source, _ = load_net(cfg.teacher.checkpoint, cfg.teacher.architecture)
     student = build_net(cfg.model)

@@ -75,7 +75,7 @@ def test_the_paper_preset_is_compressais_recipe_and_leaves_rate_and_width_to_the
     no lambda or width, so rate=qK gives a teacher at the zoo's widths without a conflict."""
     from test_data import make_noise_vimeo
 
-    from lic_kd.training.setup import check_rate_preset
+    from lic_kd.training.spec import check_rate_preset
 
     make_noise_vimeo(tmp_path)
     teacher = make(["experiment=paper", "role=teacher", "rate=q3", f"data.train_dir={tmp_path}"])

@@ -7,18 +7,28 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_config as make
-from conftest import train
+from conftest import task_config, train
+from lic_kd.training.parts import build_module
 from lic_kd.training.precision import Float32EntropyBottleneck, entropy_models_in_float32
-from lic_kd.training.setup import build_module, make_trainer
+from lic_kd.training.setup import make_trainer
+from lic_kd.training.spec import parse_run
 
 
 def test_bf16_mixed_trains_the_transforms_in_bfloat16_and_the_rates_in_float32(tmp_path):
-    cfg = make(
-        ["experiment=smoke", "trainer.precision=bf16-mixed", "steps=2", "val_every=2", f"paths.output_dir={tmp_path}"]
+    spec = parse_run(
+        task_config(
+            [
+                "experiment=smoke",
+                "trainer.precision=bf16-mixed",
+                "steps=2",
+                "val_every=2",
+                f"paths.output_dir={tmp_path}",
+            ]
+        )
     )
-    datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    datamodule = instantiate(spec.cfg.data)
+    module = build_module(spec, calibration=None)
+    net = module.students["student"].net
     seen = {}
 
     def record(name, pick):
@@ -27,13 +37,13 @@ def test_bf16_mixed_trains_the_transforms_in_bfloat16_and_the_rates_in_float32(t
 
         return hook
 
-    module.net.g_a.register_forward_hook(record("g_a", lambda out: out))
-    module.net.entropy_bottleneck.register_forward_hook(record("z_likelihoods", lambda out: out[1]))
-    module.net.gaussian_conditional.register_forward_hook(record("y_likelihoods", lambda out: out[1]))
-    trainer = make_trainer(cfg, module.optimizer_steps_per_batch, tmp_path / "last.ckpt")
+    net.g_a.register_forward_hook(record("g_a", lambda out: out))
+    net.entropy_bottleneck.register_forward_hook(record("z_likelihoods", lambda out: out[1]))
+    net.gaussian_conditional.register_forward_hook(record("y_likelihoods", lambda out: out[1]))
+    trainer = make_trainer(spec, module)
     trainer.fit(module, datamodule=datamodule)
     assert seen == {"g_a": torch.bfloat16, "z_likelihoods": torch.float32, "y_likelihoods": torch.float32}
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.net.parameters())  # master weights
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in net.parameters())  # master weights
 
 
 def test_float32_entropy_models_change_nothing_outside_autocast():

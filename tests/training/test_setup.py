@@ -5,13 +5,17 @@ import torch
 from lic_kd.training.setup import TrainingClock, resume_checkpoint, training_record
 
 
-def test_a_run_resumes_from_last_then_best_and_sets_a_damaged_file_aside(tmp_path):
+def test_a_run_resumes_from_a_trainer_state_never_from_a_students_own_file_and_sets_a_damaged_file_aside(tmp_path):
     assert resume_checkpoint(tmp_path) is None
-    torch.save({"global_step": 8}, tmp_path / "best.ckpt")
+    torch.save({"global_step": 8, "state_dict": {}, "hyper_parameters": {"net": {}}}, tmp_path / "best.ckpt")
+    assert resume_checkpoint(tmp_path) is None  # a student's best.ckpt holds its weights only: nothing to resume
+    torch.save({"global_step": 8, "loops": {}}, tmp_path / "best.ckpt")  # a trainer state (an older run's best)
     assert resume_checkpoint(tmp_path) == (tmp_path / "best.ckpt", 8)
-    (tmp_path / "last.ckpt").write_bytes(b"truncated")  # a run killed while writing it
+    (tmp_path / "last.ckpt").write_bytes(b"truncated")  # damaged
     assert resume_checkpoint(tmp_path) == (tmp_path / "best.ckpt", 8)
     assert not (tmp_path / "last.ckpt").exists() and len(list(tmp_path.glob("last.ckpt.damaged-*"))) == 1
+    torch.save({"global_step": 12, "loops": {}}, tmp_path / "last.ckpt")
+    assert resume_checkpoint(tmp_path) == (tmp_path / "last.ckpt", 12)
 
 
 def test_the_training_record_sums_the_segments_a_resumed_run_was_trained_in():
