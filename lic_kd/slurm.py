@@ -219,7 +219,7 @@ class JobWatcher(threading.Thread):
                     )
                     counts[label] = counts.get(label, 0) + 1
                 if self.n_jobs > len(states):
-                    counts["finished (results.json or failure.json in each run dir)"] = self.n_jobs - len(states)
+                    counts["finished (its results.json says how)"] = self.n_jobs - len(states)
                 log.info(
                     "SLURM jobs %s: %s", ",".join(ids), ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
                 )

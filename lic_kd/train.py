@@ -123,7 +123,10 @@ def train(cfg: DictConfig) -> None:
         (spec.run_dir / RESULTS_FILE).unlink(missing_ok=True)
     pending = pending_students(spec)
     if not pending:
-        log.info("%s: every student's results are complete, nothing to do", spec.run_dir)
+        if spec.grouped:
+            log.info("every student of %s has its %s: complete, nothing to do", spec.run_dir, RESULTS_FILE)
+        else:
+            log.info("%s exists: this run is complete, nothing to do", spec.run_dir / RESULTS_FILE)
         return
     start = time.perf_counter()
     names = ", ".join(s.name for s in spec.students)

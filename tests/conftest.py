@@ -66,3 +66,18 @@ def task_config(overrides: list[str], name: str = "train"):
 
     cfg = compose_config(overrides, name)
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def refused(out_dir: Path, *overrides: str) -> str:
+    """What `python -m lic_kd.train experiment=smoke OVERRIDES` says of a mistake, run in this process through the
+    task function the command calls: the one line of the UserError it raises, before any training (the exit status
+    and the line's form are tested through the command itself once, in test_train_cli)."""
+    from lic_kd.errors import one_line, user_error
+    from lic_kd.train import train as train_task
+
+    with pytest.raises(Exception) as err:
+        train_task(task_config(["experiment=smoke", f"paths.output_dir={out_dir}", *overrides]))
+    cause = user_error(err.value)  # as the command finds it (Hydra wraps errors raised inside a _target_)
+    assert cause is not None, f"not a user error: {err.value!r}"
+    assert not (out_dir / "checkpoints").exists()  # refused before any training
+    return one_line(cause)

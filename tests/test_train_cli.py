@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CBSD68, REPO, run_module, train
+from conftest import CBSD68, REPO, refused, run_module, train
 
 
 def results(run_dir):
@@ -130,7 +130,7 @@ def test_resume_after_the_process_is_killed(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 0 < step < 120, f"the run was not caught mid-training (step {step})"
-    assert not (run / "results.json").exists()
+    assert results(run)["status"] == "running" and "metrics" not in results(run)  # a report lists it: killed?
 
     resumed = train("steps=60", "val_every=5", f"hydra.run.dir={run}")
     assert f"resuming from {last}" in resumed.stderr + resumed.stdout
@@ -155,18 +155,24 @@ def test_evaluate_entry_point_codes_a_folder(teacher_sweep, tmp_path):
 
 
 def bad_run(tmp_path, *args):
-    proc = train(f"hydra.run.dir={tmp_path / 'bad'}", *args, check=False, timeout=300)
-    assert proc.returncode != 0
-    assert "Trainer.fit" not in proc.stdout + proc.stderr  # failed before any training
+    return refused(tmp_path / "bad", *args)
+
+
+def test_a_mistake_is_one_line_and_exit_status_2_before_any_training(tmp_path):
+    proc = train(f"hydra.run.dir={tmp_path / 'bad'}", "student.N=0", check=False)
+    assert proc.returncode == 2 and "Trainer.fit" not in proc.stdout + proc.stderr
     # one line a person reads, no traceback unless asked (HYDRA_FULL_ERROR=1)
-    assert "Traceback" not in proc.stderr and proc.stderr.rstrip().splitlines()[-2].startswith("error: ")
-    return proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.rstrip().splitlines()[-2] == (
+        "error: network width N must be a positive integer, got 0"
+    )
+    record = json.loads((tmp_path / "bad" / "results.json").read_text())  # what a report lists for it
+    assert record["status"] == "failed"
+    assert record["error"].endswith("network width N must be a positive integer, got 0")
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("student.N=0", "network width N must be a positive integer, got 0"),
         ("student.M=-4", "network width M must be a positive integer, got -4"),
         ("lmbda=0", "lmbda must be > 0, got 0"),
         ("steps=0", "steps must be a positive integer"),
@@ -186,9 +192,10 @@ def test_kd_without_teacher_or_with_a_missing_checkpoint(tmp_path):
 
 
 def test_kd_shape_mismatch_is_an_error_before_training(teacher_sweep, tmp_path):
-    out = bad_run(tmp_path, "role=kd", f"teacher.checkpoint={teacher_sweep / '0'}", "student.N=16", "loss.w_z=0.5")
+    teacher = f"teacher.checkpoint={teacher_sweep / '0'}"  # trained at lmbda 0.005
+    out = bad_run(tmp_path, "role=kd", teacher, "lmbda=0.005", "student.N=16", "loss.w_z=0.5")
     assert "KD on z_hat needs equal student and teacher shapes" in out
-    out = bad_run(tmp_path, "role=kd", f"teacher.checkpoint={teacher_sweep / '0'}", "student.M=24")
+    out = bad_run(tmp_path, "role=kd", teacher, "lmbda=0.005", "student.M=24")
     assert "KD on y_hat needs equal student and teacher shapes" in out
 
 
@@ -215,6 +222,7 @@ def test_kd_on_z_with_a_thin_student_whose_hyper_latent_matches_the_teacher(teac
     train(
         "role=kd",
         f"teacher.checkpoint={teacher_sweep / '0'}",
+        "lmbda=0.005",  # the teacher's
         "model=bmshj2018-hyperprior-hyperwidth",
         "student.N=4",
         "model.hyper_N=8",

@@ -64,10 +64,12 @@ class StudentCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return self._generate_state_key(student=self.student, monitor=self.monitor)
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self.student not in trainer.lightning_module.diverged:  # stopped: no loss of its own; its best stays
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         module: CodecModule = trainer.lightning_module
-        if self.student in module.diverged:  # its best stays the last finite one
-            return
         if trainer.is_global_zero:
             module.save_student(self.student, Path(filepath), val_loss=float(self.current_score))
         self._last_global_step_saved = trainer.global_step
