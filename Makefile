@@ -52,7 +52,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 
 test: install
-	$(PY) -m pytest -q -m "not slow" --durations=12
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=12
 
 test-all: install
 	$(PY) -m pytest -q

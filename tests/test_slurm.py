@@ -24,11 +24,14 @@ def slurm_answers() -> bool:
     return out.returncode == 0 and any(s.strip("*~#") in ("idle", "mix", "alloc") for s in out.stdout.split())
 
 
-pytestmark = pytest.mark.skipif(
-    not slurm_answers(),
-    reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` "
-    "(scripts/slurm-local.sh up, as root)",
-)
+pytestmark = [
+    pytest.mark.xdist_group("slurm"),  # one worker runs them one after the other: the cluster has 2 CPUs
+    pytest.mark.skipif(
+        not slurm_answers(),
+        reason="no SLURM cluster answers `sinfo`: start the local one with `make slurm-up` "
+        "(scripts/slurm-local.sh up, as root)",
+    ),
+]
 
 # The preset for the repository's own cluster, as a user runs it (one CPU and 2 GB per job).
 SLURM = ["launcher=slurm_local", "hydra.launcher.timeout_min=10"]
