@@ -51,9 +51,11 @@ lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
+# Every test, on two pytest-xdist workers (one per core; tests of one xdist_group, the SLURM ones, share a worker).
 test: install
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=12
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=12
 
+# The same tests in one process, one after the other, torch on every core: to read a failure in order.
 test-all: install
 	$(PY) -m pytest -q
 

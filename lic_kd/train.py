@@ -160,10 +160,10 @@ def train(cfg: DictConfig) -> None:
         last = torch.load(spec.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
         training = training_record(last, module.optimizer_steps_per_batch)
         devices = trainer.world_size
-        for student in spec.students:
+        for student in pending:
             if student.name in module.diverged:
                 write_status(student, DIVERGED, runs[student.name], **diverged_fields(module, student.name))
-            elif student in pending:
+            else:
                 write_status(student, TRAINED, runs[student.name] | {"steps": training["batches"]})
         training_s = time.perf_counter() - start
         for student in [s for s in pending if s.name not in module.diverged]:
