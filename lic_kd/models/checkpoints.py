@@ -69,8 +69,11 @@ class CheckpointSource:
 
     @property
     def is_one_network(self) -> bool:
-        """A run or a file: one network, trained at one lambda (the others hold one per lambda)."""
-        return self.kind in (SourceKind.RUN, SourceKind.FILE)
+        """A run, a file, or one weights file of a ladder: one network, trained at one lambda (a sweep, a ladder
+        and the zoo by lambda hold one per lambda)."""
+        return self.kind in (SourceKind.RUN, SourceKind.FILE) or (
+            self.kind is SourceKind.LADDER and self.path.is_file()
+        )
 
     def __str__(self) -> str:
         return self.text

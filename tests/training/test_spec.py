@@ -6,10 +6,12 @@ import torch
 from compressai.models import ScaleHyperprior
 from omegaconf import OmegaConf
 
-from conftest import compose_config, task_config
+from conftest import REPO, compose_config, task_config
 from lic_kd.errors import ConfigError
 from lic_kd.models.checkpoints import SourceKind
 from lic_kd.training.spec import InitKind, Role, parse_run
+
+LADDER = REPO / "teachers" / "bmshj2018-hyperprior-N64-M96"
 
 
 def spec(*overrides, run_dir="/runs/g"):
@@ -92,6 +94,11 @@ def test_a_kd_run_whose_teacher_is_one_run_at_another_lambda_is_refused_unless_t
         spec("role=kd", "lmbda=0.02", f"teacher.checkpoint={teacher}")
     assert spec("role=kd", "lmbda=0.02", f"teacher.checkpoint={teacher}", "teacher.any_lmbda=true").is_kd
     assert spec("role=kd", "lmbda=0.005", f"teacher.checkpoint={teacher}").teacher.source.kind is SourceKind.RUN
+    # one weights file of a ladder is one network too; the ladder itself gives each run its own lambda's rung
+    rung = next(LADDER.glob("*-lmbda0.0004-*.pth.tar"))
+    with pytest.raises(ConfigError, match="trained at lmbda=0.0004, this run's is 0.0018"):
+        spec("role=kd", "lmbda=0.0018", f"teacher.checkpoint={rung}")
+    assert spec("role=kd", "lmbda=0.0018", f"teacher.checkpoint={LADDER}").teacher.source.kind is SourceKind.LADDER
 
 
 def test_pruning_sets_the_widths_from_the_teacher(tmp_path):
