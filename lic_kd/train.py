@@ -34,11 +34,12 @@ from lic_kd.results import (
     has_trained,
     is_complete,
     read_record,
+    status_of,
     status_record,
 )
 from lic_kd.training.module import CodecModule, DivergedError
 from lic_kd.training.parts import build_module, student_record
-from lic_kd.training.setup import fit, make_trainer, training_record
+from lic_kd.training.setup import check_resumable, fit, make_trainer, training_record
 from lic_kd.training.spec import InitKind, RunSpec, StudentSpec, hydra_overrides, parse_run, run_settings
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,11 @@ def pending_students(spec: RunSpec, rename: bool = True) -> list[StudentSpec]:
             pending.append(student)
             continue
         trained = record["run"].get("steps") or 0
-        if trained < spec.budget.steps and last.is_file():
+        if trained < spec.budget.steps and last.is_file() and not spec.ptq:  # a PTQ run trains no batch
             if not rename:
                 pending.append(student)
                 continue
+            check_resumable(torch.load(last, map_location="cpu", weights_only=False), last)  # before the rename
             (student.run_dir / RESULTS_FILE).rename(student.run_dir / f"results-{trained}.json")
             log.info(
                 "%s trained %d of %d batches: training on from last.ckpt (its results: results-%d.json)",
@@ -139,6 +141,8 @@ def train(cfg: DictConfig) -> None:
         spec.seed,
     )  # a resumed run appends its segments
     runs = {s.name: identity(spec, s) for s in spec.students}
+    for student in pending:  # from here a run killed from outside is listed by reports: it did not finish
+        write_status(student, RUNNING, runs[student.name])
     module: CodecModule | None = None
     try:
         L.seed_everything(spec.seed, workers=True)
@@ -146,8 +150,6 @@ def train(cfg: DictConfig) -> None:
         datamodule.check()
         needs_images = spec.quant or any(s.init.kind is not InitKind.RANDOM for s in spec.students)
         module = build_module(spec, datamodule.calibration_images() if needs_images else None)
-        for student in pending:
-            write_status(student, RUNNING, runs[student.name])
         trainer = make_trainer(spec, module)
         if spec.ptq:
             log.info("post-training quantization: calibrated on training crops, no training")
@@ -180,7 +182,9 @@ def train(cfg: DictConfig) -> None:
             record = read_record(student.run_dir)
             if record is not None and is_complete(record):
                 continue
-            if module is not None and student.name in module.diverged:
+            if record is not None and status_of(record) == TRAINED:  # its checkpoints are final: it can still teach
+                write_status(student, TRAINED, record["run"], error=f"evaluation failed: {type(err).__name__}: {err}")
+            elif module is not None and student.name in module.diverged:
                 write_status(student, DIVERGED, runs[student.name], **diverged_fields(module, student.name))
             else:
                 write_json_atomic(student.run_dir / RESULTS_FILE, failure_record(err, runs[student.name]))

@@ -91,8 +91,10 @@ def step(name):
 
 
 def results(name):
+    """A step's complete results.json (a failed run's record says so in its step's row, not here)."""
     path = out / name / "results.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    record = json.loads(path.read_text()) if path.exists() else None
+    return record if record is not None and record.get("status", "complete") == "complete" else None
 
 
 rows = []

@@ -109,6 +109,8 @@ def failure_reason(record: dict[str, Any]) -> str:
         return f"diverged at batch {d['batch']}: {d['what']} (lr {d.get('lr'):g}{last}): not evaluated"
     if status == FAILED:
         return f"failed: {record['error']}"
+    if status == TRAINED and record.get("error"):
+        return f"trained, not evaluated: {record['error']}"
     if status == TRAINED:
         return "trained, not evaluated: killed while coding its images? (re-run the same command to evaluate it)"
     return "training did not finish: killed? (its log says; re-run the same command to resume)"

@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lic_kd.data import load_rgb
+from lic_kd.evaluation.classical import CODECS
 
 ROLE_STYLE = {
     "teacher": {"color": "black", "marker": "s", "linestyle": "-"},
@@ -239,13 +240,13 @@ def complexity_vs_width(rd: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def _decoded(run_dir: Path, row: dict[str, Any] | None) -> tuple[np.ndarray | None, str]:
+def _decoded(run_dir: Path, row: dict[str, Any] | None, codec: str | None = None) -> tuple[np.ndarray | None, str]:
     """One image as a run decoded it, from the file its results.json lists (`decoded`: the reconstruction it
     saved, or a real JPEG/WebP file a standard decoder reads), and what to say of it: its rate, or that the file
     is missing."""
     if row is None:
         return None, "not coded"
-    listed = row.get("decoded") or _conventional_file(row)
+    listed = row.get("decoded") or _conventional_file(row, codec)
     rate = f"{row['bpp']:.3f} bpp" if row.get("bpp") is not None else "no entropy model"
     path = run_dir / listed
     if not path.is_file():
@@ -254,9 +255,12 @@ def _decoded(run_dir: Path, row: dict[str, Any] | None) -> tuple[np.ndarray | No
         return np.asarray(img.convert("RGB")), rate
 
 
-def _conventional_file(row: dict[str, Any]) -> str:
-    """Where evaluations recorded before results.json listed its files kept the decoded image."""
+def _conventional_file(row: dict[str, Any], codec: str | None = None) -> str:
+    """Where evaluations recorded before results.json listed its files kept the decoded image: a classical codec's
+    own file, a learned JPEG's .jpg, a learned codec's reconstruction."""
     stem = Path(row["image"]).stem
+    if codec in CODECS:
+        return f"bitstreams/{stem}{CODECS[codec][0]}"
     return f"bitstreams/{stem}.jpg" if row.get("psnr_model_vs_file") is not None else f"reconstructions/{stem}.png"
 
 
@@ -303,7 +307,7 @@ def visual_comparison(
     codecs = rd[(rd["role"] == "codec") & rd["read_from"].isin(list(coded))]
     for codec, group in codecs.groupby("curve") if not pd.isna(target_bpp) else ():
         row = _closest(group, target_bpp)
-        pixels, said = _decoded(Path(row["read_from"]), coded[row["read_from"]].get(image))
+        pixels, said = _decoded(Path(row["read_from"]), coded[row["read_from"]].get(image), row["architecture"])
         panels.append((f"{codec} q={row['quality']:g}\n{said}", pixels))
     h, w = original.shape[:2]
     top, left = (h - crop) // 2, (w - crop) // 2

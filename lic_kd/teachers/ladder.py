@@ -92,8 +92,10 @@ def kodak_during_training(base_dir: Path, continued: dict[str, Any] | None) -> l
         [{"batches": continued["steps_total"], **continued["kodak"]}] if continued and continued.get("kodak") else []
     )
     offset = (continued or {}).get("steps_total") or 0
-    for path in [*base_dir.glob("results-*.json"), base_dir / "results.json"]:
+    for path in [*base_dir.glob("results-*.json"), base_dir / RESULTS_FILE]:
         result = read_results(path)
+        if not is_complete(result):
+            continue
         metrics = {k: result["metrics"].get(k) for k in ("bpp", "psnr", "ms_ssim")}
         points.append({"batches": offset + int(result["run"]["steps"]), **metrics})
     return sorted(points, key=lambda p: p["batches"])
@@ -134,7 +136,9 @@ def build_ladder(
     if not runs:
         raise LadderError(f"{sweep_dir} has no finished runs (no complete */results.json)")
     commit = _git_commit()  # before this function writes into the work tree
-    base = read_results(base_dir / "results.json") if base_dir else None
+    base = read_record(base_dir) if base_dir else None
+    if base_dir and (base is None or not is_complete(base)):
+        raise LadderError(f"base {base_dir} has no complete {RESULTS_FILE}: evaluate it first (the same command)")
     previous = read_ladder(out_dir) if (out_dir / LADDER_FILE).is_file() else None  # read before it is replaced
     continued = _continued_base(base, previous)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +174,7 @@ def build_ladder(
         "command": command,
         "commit": commit,
         "data": {
-            "train": _train_dirs(Path(first["run_dir"])),
+            "train": _train_dirs(first),
             "evaluation": "Kodak (24 images), coded for real, never trained on",
         },
         "machine": _machine(),
@@ -244,13 +248,12 @@ def append_rungs(sweep_dir: Path, out_dir: Path, command: str, note: str | None 
     return ladder
 
 
-def _train_dirs(run_dir: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    train = cfg.data.train_dir
+def _train_dirs(run: dict[str, Any]) -> Any:
+    """The training data of a run, from its results.json's settings."""
+    settings = run.get("settings") or {}
+    train = settings["data.train_dir"]
     names = [str(d).split("/")[-1] for d in (train if not isinstance(train, str) else [train])]
-    return {"folders": names, "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size}
+    return {"folders": names, "crop_size": settings["data.crop_size"], "batch_size": settings["data.batch_size"]}
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from lic_kd.errors import CheckpointError
 from lic_kd.training.module import CodecModule
 from lic_kd.training.spec import RunSpec
 
@@ -21,25 +22,30 @@ log = logging.getLogger(__name__)
 
 
 def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
-    """The trainer state to resume from and its global step: last.ckpt, else a best.ckpt that holds a trainer
-    state (written before students had files of their own). A file that cannot be read (damaged) is set aside under
-    a new name, said in the log, and the next one tried; with none left the run starts over."""
-    for name in ("last.ckpt", "best.ckpt"):
-        path = checkpoints / name
-        if not path.is_file():
-            continue
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            if "loops" not in checkpoint:  # a student's own file (StudentCheckpoint): weights, no trainer state
-                continue
-            return path, int(checkpoint["global_step"])
-        except Exception as err:  # truncated or damaged: torch raises many types
-            aside = path.with_name(f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            path.rename(aside)
-            log.warning(
-                "%s cannot be read (%s: %s): set aside as %s", path, type(err).__name__, str(err)[:200], aside.name
-            )
-    return None
+    """The trainer state to resume from and its global step: the run's last.ckpt (a student's best.ckpt holds its
+    weights alone). A file that cannot be read (damaged) is set aside under a new name, said in the log, and the run
+    starts over; one written by lic_kd before the run spec (commit 65296f9 and earlier) is named, not loaded."""
+    path = checkpoints / "last.ckpt"
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or damaged: torch raises many types
+        aside = path.with_name(f"last.ckpt.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        log.warning("%s cannot be read (%s: %s): set aside as %s", path, type(err).__name__, str(err)[:200], aside.name)
+        return None
+    check_resumable(checkpoint, path)
+    return path, int(checkpoint["global_step"])
+
+
+def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
+    """A trainer state of this lic_kd: its students by name (lic_kd.training.module)."""
+    if "students" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a trainer state of this lic_kd (written before the run spec, commit 65296f9 or "
+            "earlier): finish that run with the lic_kd that started it, or give this one another directory"
+        )
 
 
 class StudentCheckpoint(ModelCheckpoint):
@@ -153,8 +159,9 @@ def make_trainer(spec: RunSpec, module: CodecModule) -> L.Trainer:
         strategy=strategy_for(cfg.trainer.get("strategy", "auto")),
         max_steps=batch_optimizer_steps * steps,  # Lightning counts each optimizer's steps
         val_check_interval=min(spec.budget.val_every, steps),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()]
-        + students
+        # the students' best.ckpt first: the run's last.ckpt, written after them, then holds each one's new best score
+        callbacks=students
+        + [instantiate(c) for c in cfg.callbacks.values()]
         + [
             FinalCheckpoint(spec.run_dir / "checkpoints" / "last.ckpt"),
             ValidateAtEnd(steps, spec.budget.val_every),
