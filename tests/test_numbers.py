@@ -173,7 +173,9 @@ def test_in_a_group_the_diverging_student_stops_and_the_others_go_on(tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "student(s) N8-init1 diverged" in proc.stderr
-    assert results(group / "N8-random")["run"]["steps"] == 6  # the other student trained its whole budget
+    assert results(group / "N8-random")["run"]["steps"] == 6  # the other student trained its whole budget ...
+    logged = pd.read_csv(group / "csv" / "metrics.csv")["N8-random/train/loss"].notna().sum()
+    assert logged == 6  # ... and no more, though the stopped student's optimizers no longer step
     failure = results(group / "N8-init1")
     assert failure["status"] == "diverged" and "metrics" not in failure
     assert failure["diverged"]["batch"] == 1 and failure["diverged"]["last_finite_loss"] is None

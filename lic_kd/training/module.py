@@ -209,6 +209,9 @@ class CodecModule(L.LightningModule):
         self.students = nn.ModuleDict(students)
         self.teachers = teachers if any(kd) else None
         self.optimizer_steps_per_batch = sum(s.optimizer_steps for s in students.values())
+        # batches trained, counted here: once a student stops, Lightning's global_step (its optimizer steps) grows
+        # by fewer steps per batch, and the budget and every batch number stay counted in batches
+        self.batches = 0
         self.diverged: dict[str, dict[str, Any]] = {}
         self._counts: dict[str, int] = {}
 
@@ -217,9 +220,6 @@ class CodecModule(L.LightningModule):
 
     def active(self) -> dict[str, Student]:
         return {name: s for name, s in self.students.items() if name not in self.diverged}
-
-    def batches_done(self) -> int:
-        return self.trainer.global_step // self.optimizer_steps_per_batch
 
     def stop(self, name: str, err: DivergedError) -> None:
         """A student met a non-finite loss: it stops (its weights stay the last finite ones, its best checkpoint
@@ -248,6 +248,7 @@ class CodecModule(L.LightningModule):
         return dict(zip(self.students, schedulers if isinstance(schedulers, list) else [schedulers]))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.batches += 1
         targets = self._targets(batch)
         optimizers, schedulers = self._optimizers(), self._schedulers()
         losses = []
@@ -271,7 +272,7 @@ class CodecModule(L.LightningModule):
         on_before_optimizer_step), the auxiliary one on the quantiles. A non-finite loss or gradient raises
         DivergedError before any optimizer steps on it."""
         optimizer, aux_optimizer = (optimizers + [None])[:2]
-        batch_number = self.batches_done() + 1
+        batch_number = self.batches
         with student.noise_stream(self.device):
             out = student.losses(batch, targets)
         student.check_finite(out["loss"], "the loss is {}", batch_number)
@@ -298,7 +299,7 @@ class CodecModule(L.LightningModule):
             return
         if self.trainer.precision != "16-mixed":
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            student.check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self.batches_done() + 1)
+            student.check_finite(torch.nn.utils.get_total_norm(grads), "a gradient is {}", self.batches)
         if student.optimizer_cfg.get("clip_max_norm"):
             self.clip_gradients(
                 optimizer, gradient_clip_val=student.optimizer_cfg["clip_max_norm"], gradient_clip_algorithm="norm"
@@ -327,7 +328,7 @@ class CodecModule(L.LightningModule):
         for name, student in self.active().items():
             val_loss = self.trainer.callback_metrics[f"{self.prefix(name)}val/loss"]
             try:  # before StudentCheckpoint sees it: a non-finite validation never becomes a best checkpoint
-                student.check_finite(val_loss, "the validation loss is {}", self.batches_done())
+                student.check_finite(val_loss, "the validation loss is {}", self.batches)
             except DivergedError as err:
                 self.stop(name, err)
                 continue
@@ -347,16 +348,18 @@ class CodecModule(L.LightningModule):
 
     def save_student(self, name: str, path: Path, batches: int | None = None, **extra: Any) -> None:
         """One student's checkpoint file (Student.checkpoint), written atomically: a reader never sees half."""
-        batches = self.batches_done() if batches is None else batches
+        batches = self.batches if batches is None else batches
         save_atomic(self.students[name].checkpoint(batches, **extra), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["batches"] = self.batches
         checkpoint["students"] = {
             name: {"noise_state": s.noise_state, "diverged": self.diverged.get(name), "record": s.record}
             for name, s in self.students.items()
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batches = checkpoint["batches"]
         for name, saved in checkpoint.get("students", {}).items():
             self.students[name].noise_state = saved["noise_state"]
             if saved.get("diverged"):

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
-    """The trainer state to resume from and its global step: the run's last.ckpt (a student's best.ckpt holds its
-    weights alone). A file that cannot be read (damaged) is set aside under a new name, said in the log, and the run
-    starts over; one written by lic_kd before the run spec (commit 65296f9 and earlier) is named, not loaded."""
+    """The trainer state to resume from and the batches it had trained: the run's last.ckpt (a student's best.ckpt
+    holds its weights alone). A file that cannot be read (damaged) is set aside under a new name, said in the log, and
+    the run starts over; one written by lic_kd before the run spec (commit 65296f9 and earlier) is named, not loaded."""
     path = checkpoints / "last.ckpt"
     if not path.is_file():
         return None
@@ -36,12 +36,12 @@ def resume_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
         log.warning("%s cannot be read (%s: %s): set aside as %s", path, type(err).__name__, str(err)[:200], aside.name)
         return None
     check_resumable(checkpoint, path)
-    return path, int(checkpoint["global_step"])
+    return path, int(checkpoint["batches"])
 
 
 def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
     """A trainer state of this lic_kd: its students by name (lic_kd.training.module)."""
-    if "students" not in checkpoint or "loops" not in checkpoint:
+    if not {"students", "batches", "loops"} <= set(checkpoint):
         raise CheckpointError(
             f"{path} is not a trainer state of this lic_kd (written before the run spec, commit 65296f9 or "
             "earlier): finish that run with the lic_kd that started it, or give this one another directory"
@@ -94,14 +94,17 @@ class FinalCheckpoint(L.Callback):
 
 
 class ValidateAtEnd(L.Callback):
-    """A budget that is not a multiple of val_every ends with a validation too: best.ckpt may then be the last
-    batches', as the budget results.json reports. (Lightning validates when a run is asked to stop.)"""
+    """The budget is `steps` batches, and it ends with a validation: one that is not a multiple of val_every too
+    (best.ckpt may then be the last batches', as the budget results.json reports), and one a stopped student
+    leaves short of Lightning's max_steps (its optimizers no longer step). Lightning validates when a run is asked
+    to stop."""
 
     def __init__(self, steps: int, val_every: int) -> None:
         self.steps, self.val_every = steps, val_every
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step >= trainer.max_steps and self.steps % self.val_every:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: CodecModule, *args: Any) -> None:
+        at_max_steps = trainer.global_step >= trainer.max_steps
+        if (at_max_steps and self.steps % self.val_every) or (not at_max_steps and pl_module.batches >= self.steps):
             trainer.should_stop = True
 
 
@@ -120,15 +123,13 @@ class TrainingClock(L.Callback):
     many seconds. Kept in the run's checkpoints, so that results.json says how long training took, resumes
     included (training_record)."""
 
-    def __init__(self, batch_optimizer_steps: int) -> None:
-        self.batch_optimizer_steps, self.segments, self._started = batch_optimizer_steps, [], None
+    def __init__(self) -> None:
+        self.segments, self._started = [], None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: CodecModule) -> None:
         self._started = time.time()
         started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._started))
-        self.segments.append(
-            {"from_batch": trainer.global_step // self.batch_optimizer_steps, "started_at": started_at, "seconds": 0.0}
-        )
+        self.segments.append({"from_batch": pl_module.batches, "started_at": started_at, "seconds": 0.0})
 
     def state_dict(self) -> dict[str, Any]:
         if self._started is not None:
@@ -143,7 +144,7 @@ def training_record(checkpoint: dict[str, Any], batch_optimizer_steps: int) -> d
     """What a run's last checkpoint says of its training: batches done, and its segments (TrainingClock)."""
     segments = checkpoint.get("callbacks", {}).get(TrainingClock.__qualname__, {}).get("segments", [])
     return {
-        "batches": checkpoint["global_step"] // batch_optimizer_steps,
+        "batches": checkpoint.get("batches", checkpoint["global_step"] // batch_optimizer_steps),
         "segments": segments,
         "seconds": round(sum(s["seconds"] for s in segments), 1),
     }
@@ -165,7 +166,7 @@ def make_trainer(spec: RunSpec, module: CodecModule) -> L.Trainer:
         + [
             FinalCheckpoint(spec.run_dir / "checkpoints" / "last.ckpt"),
             ValidateAtEnd(steps, spec.budget.val_every),
-            TrainingClock(batch_optimizer_steps),
+            TrainingClock(),
         ],
         logger=[instantiate(c) for c in cfg.logger.values()],
         plugins=plugins,
@@ -175,8 +176,7 @@ def make_trainer(spec: RunSpec, module: CodecModule) -> L.Trainer:
 def fit(trainer: L.Trainer, module: CodecModule, datamodule: Any, spec: RunSpec) -> None:
     """Train, resuming from the run's last checkpoint when it has one."""
     resume = resume_checkpoint(spec.run_dir / "checkpoints")
-    batch_optimizer_steps = module.optimizer_steps_per_batch
     if resume is not None:
-        log.info("resuming from %s at batch %d of %d", resume[0], resume[1] // batch_optimizer_steps, spec.budget.steps)
+        log.info("resuming from %s at batch %d of %d", resume[0], resume[1], spec.budget.steps)
     # the checkpoint is this run's own file (trusted): its hyperparameters may hold OmegaConf containers
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=False)

@@ -11,7 +11,7 @@ def test_a_run_resumes_from_its_last_trainer_state_alone_and_sets_a_damaged_file
     assert resume_checkpoint(tmp_path) is None
     torch.save({"global_step": 8, "state_dict": {}, "hyper_parameters": {"net": {}}}, tmp_path / "best.ckpt")
     assert resume_checkpoint(tmp_path) is None  # a student's best.ckpt holds its weights only: nothing to resume
-    torch.save({"global_step": 12, "loops": {}, "students": {}}, tmp_path / "last.ckpt")
+    torch.save({"global_step": 24, "batches": 12, "loops": {}, "students": {}}, tmp_path / "last.ckpt")
     assert resume_checkpoint(tmp_path) == (tmp_path / "last.ckpt", 12)
     (tmp_path / "last.ckpt").write_bytes(b"truncated")  # damaged
     assert resume_checkpoint(tmp_path) is None  # set aside: the run trains from the start
@@ -28,7 +28,7 @@ def test_a_trainer_state_of_an_older_lic_kd_is_named_not_loaded(tmp_path):
 
 
 def test_the_training_record_sums_the_segments_a_resumed_run_was_trained_in():
-    clock = TrainingClock(batch_optimizer_steps=2)
+    clock = TrainingClock()
     clock.load_state_dict({"segments": [{"from_batch": 0, "started_at": "t0", "seconds": 30.0}]})
     checkpoint = {"global_step": 40, "callbacks": {"TrainingClock": clock.state_dict()}}
     assert training_record(checkpoint, 2) == {"batches": 20, "segments": clock.segments, "seconds": 30.0}
