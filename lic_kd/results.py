@@ -21,7 +21,6 @@ from lic_kd import REPO_ROOT
 RESULTS_FILE = "results.json"
 
 RUNNING, TRAINED, COMPLETE, FAILED, DIVERGED = "running", "trained", "complete", "failed", "diverged"
-STATUSES = (RUNNING, TRAINED, COMPLETE, FAILED, DIVERGED)
 
 
 def status_of(record: dict[str, Any]) -> str:

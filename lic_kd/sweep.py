@@ -93,18 +93,19 @@ def sweep_name(arguments: Sequence[str]) -> str:
     return name if len(name) <= 80 else f"{name[:60]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def check_job(cfg: DictConfig, datamodules: dict[str, Any]) -> tuple[RunSpec, CodecModule]:
+def check_job(cfg: DictConfig, datamodules: dict[str, Any]) -> tuple[RunSpec, CodecModule, int]:
     """Everything a job checks before it trains, done now, as the job itself does it: its run spec (values,
     teacher, its lambda, widths), its students built (teacher and init loaded, each student initialised from it by
-    filter norm, KD shapes), finished runs that must be the ones asked for, data."""
+    filter norm, KD shapes), finished runs that must be the ones asked for, data. Also how many of its students
+    are still to train or evaluate."""
     spec = parse_run(cfg)
-    pending_students(spec, rename=False)
+    pending = pending_students(spec, rename=False)
     module = build_module(spec, calibration=None)
     data_key = OmegaConf.to_yaml(cfg.data)
     if data_key not in datamodules:
         datamodules[data_key] = instantiate(cfg.data)
         datamodules[data_key].check()
-    return spec, module
+    return spec, module, len(pending)
 
 
 def seconds_per_batch(module: CodecModule, cfg: DictConfig, repeats: int = 2) -> float:
@@ -155,11 +156,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan(jobs: Sequence[tuple[Sequence[str], RunSpec, CodecModule]], sweep_cfg: DictConfig) -> str:
+def plan(jobs: Sequence[tuple[Sequence[str], RunSpec, CodecModule, int]], sweep_cfg: DictConfig) -> str:
     """What the sweep will do, and how long it should take here."""
     where, parallel = parallel_jobs(sweep_cfg)
     lines, per_job, measured = [], [], {}
-    for number, (overrides, spec, module) in enumerate(jobs):
+    for number, (overrides, spec, module, pending) in enumerate(jobs):
         cfg, students = spec.cfg, len(spec.students)
         use_threads(cfg.get("threads"))
         # the same students (widths, role, crops) cost the same at every lambda: measured once
@@ -169,7 +170,7 @@ def plan(jobs: Sequence[tuple[Sequence[str], RunSpec, CodecModule]], sweep_cfg: 
             images = len(list_eval_images(cfg))
             measured[key] = (seconds_per_batch(module, cfg), seconds_to_evaluate(module, images))
         batch_s, evaluate_s = measured[key]
-        finished = students - len(pending_students(spec, rename=False))
+        finished = students - pending
         seconds = (1.15 * cfg.steps * batch_s + evaluate_s) * (1 - finished / students)
         per_job.append(seconds)
         shown = _shown(overrides)
@@ -179,7 +180,7 @@ def plan(jobs: Sequence[tuple[Sequence[str], RunSpec, CodecModule]], sweep_cfg: 
     total = sum(per_job) / parallel if parallel else max(per_job, default=0)
     if not all(per_job):
         lines.insert(0, f"  {per_job.count(0)} of {len(jobs)} jobs done: the time above is for the others")
-    students = sum(len(spec.students) for _, spec, _ in jobs)
+    students = sum(len(spec.students) for _, spec, _, _ in jobs)
     name = Path(sweep_cfg.hydra.sweep.dir).name
     head = [
         f"plan: {len(jobs)} jobs, {students} students, on {where}",
@@ -197,7 +198,7 @@ def list_eval_images(cfg: DictConfig) -> list[Path]:
 
 def preflight(
     jobs: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig], sweep_cfg: DictConfig
-) -> list[tuple[Sequence[str], RunSpec, CodecModule]]:
+) -> list[tuple[Sequence[str], RunSpec, CodecModule, int]]:
     """Compose and check every job; the first problem is one line naming the job's overrides."""
     checked, datamodules = [], {}
     saved = HydraConfig.get() if HydraConfig.initialized() else None

@@ -76,15 +76,19 @@ def identity(spec: RunSpec, student: StudentSpec) -> dict[str, Any]:
     }
 
 
-def pending_students(spec: RunSpec, rename: bool = True) -> list[StudentSpec]:
+def pending_students(
+    spec: RunSpec, settings: dict[str, dict[str, Any]] | None = None, rename: bool = True
+) -> list[StudentSpec]:
     """The students still to train or evaluate. One whose results are complete is left as it is, if it is the run
-    asked for (check_same_run); given a larger budget, and with the run's last.ckpt to go on from, it trains on and
-    its evaluation so far is kept as results-<batches>.json (`rename`: now; the sweep's plan only counts)."""
+    asked for (check_same_run against `settings`, by student, when the caller has them: they hash the teachers);
+    given a larger budget, and with the run's last.ckpt to go on from, it trains on and its evaluation so far is kept
+    as results-<batches>.json (`rename`: now; the sweep's preflight only counts)."""
     pending, last = [], spec.run_dir / "checkpoints" / "last.ckpt"
     for student in spec.students:
         record = read_record(student.run_dir)
         if record is not None and has_trained(record):
-            check_same_run(student.run_dir / RESULTS_FILE, run_settings(spec, student))
+            wanted = settings[student.name] if settings else run_settings(spec, student)
+            check_same_run(student.run_dir / RESULTS_FILE, wanted)
         if record is None or not is_complete(record):
             pending.append(student)
             continue
@@ -123,7 +127,8 @@ def train(cfg: DictConfig) -> None:
         raise
     if spec.grouped:  # the run's own directory holds its students' (a failure recorded there before is past)
         (spec.run_dir / RESULTS_FILE).unlink(missing_ok=True)
-    pending = pending_students(spec)
+    runs = {s.name: identity(spec, s) for s in spec.students}
+    pending = pending_students(spec, {name: run["settings"] for name, run in runs.items()})
     if not pending:
         if spec.grouped:
             log.info("every student of %s has its %s: complete, nothing to do", spec.run_dir, RESULTS_FILE)
@@ -140,7 +145,6 @@ def train(cfg: DictConfig) -> None:
         spec.budget.steps,
         spec.seed,
     )  # a resumed run appends its segments
-    runs = {s.name: identity(spec, s) for s in spec.students}
     for student in pending:  # from here a run killed from outside is listed by reports: it did not finish
         write_status(student, RUNNING, runs[student.name])
     module: CodecModule | None = None

@@ -97,20 +97,13 @@ class Student(nn.Module):
     """One network in training with CompressAI's recipe: a main optimizer on the network and an auxiliary one on
     the entropy bottleneck quantiles (an autoencoder or a learned JPEG has the main one only), clipping, and its
     own training-noise stream. `record`: what its checkpoint says of it (load_net, evaluation and resuming read
-    it): net, loss, optimizer, scheduler, role, teacher, init, prune, quant."""
+    it): net, loss, optimizer ({main, aux, clip_max_norm}), scheduler (a `_target_` config or None), role, teacher,
+    init, prune, quant."""
 
-    def __init__(
-        self,
-        net: nn.Module,
-        loss: nn.Module,
-        optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None,
-        record: dict[str, Any],
-        noise_seed: int,
-    ) -> None:
+    def __init__(self, net: nn.Module, loss: nn.Module, record: dict[str, Any], noise_seed: int) -> None:
         super().__init__()
-        self.net, self.loss = net, loss
-        self.optimizer_cfg, self.scheduler_cfg, self.record = optimizer, scheduler, record
+        self.net, self.loss, self.record = net, loss, record
+        self.optimizer_cfg, self.scheduler_cfg = record["optimizer"], record["scheduler"]
         self.is_kd = isinstance(loss, DistillationLoss)
         self.has_entropy_model = isinstance(net, CompressionModel)
         self.optimizer_steps = optimizer_steps_per_batch(net)

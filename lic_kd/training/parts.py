@@ -69,8 +69,7 @@ def build_student(spec: RunSpec, student: StudentSpec, calibration: torch.Tensor
         quantize(net, spec.quant)
         calibrate(net, calibration)
     entropy_models_in_float32(net)  # rates in float32 under mixed precision
-    record = student_record(spec, student)
-    return Student(net, loss, record["optimizer"], record["scheduler"], record, noise_seed=spec.seed)
+    return Student(net, loss, student_record(spec, student), noise_seed=spec.seed)
 
 
 def student_record(spec: RunSpec, student: StudentSpec) -> dict[str, Any]:
@@ -82,11 +81,10 @@ def student_record(spec: RunSpec, student: StudentSpec) -> dict[str, Any]:
         "optimizer": _plain(cfg.optimizer),
         "scheduler": _plain(lr_schedule(cfg)),
         "role": spec.role.value,
-        "teacher": _plain(cfg.teacher) if spec.role is Role.KD or student.init.kind is InitKind.TEACHER else None,
+        "teacher": _plain(cfg.teacher) if uses_teacher(spec.role, student.init, spec.prune) else None,
         "init": student.init.setting,
         "prune": spec.prune,
         "quant": spec.quant,
-        "uses_teacher": uses_teacher(spec.role, student.init, spec.prune),
     }
 
 
@@ -103,7 +101,7 @@ def _initialise(
     else:
         # a CompressAI file without a teacher config (a teacher trained on from one): this network's own class
         own_class = f"{type(net).__module__}.{type(net).__qualname__}"
-        teacher_arch = spec.teacher.architecture if spec.teacher and uses_teacher(spec.role, init, None) else None
+        teacher_arch = spec.teacher.architecture if spec.role is Role.KD else None  # a KD run's teacher config
         source, architecture = init.path, teacher_arch or own_class
     trained, _ = load_net(source, architecture, lmbda=lmbda)
     try:

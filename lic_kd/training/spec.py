@@ -95,7 +95,6 @@ class RunSpec:
     cfg: DictConfig
     run_dir: Path
     role: Role
-    lmbda: float | None
     seed: int
     budget: Budget
     teacher: TeacherSpec | None  # None when no teacher takes part (a plain student from random weights)
@@ -103,16 +102,11 @@ class RunSpec:
     prune: dict[str, Any] | None
     quant: dict[str, Any] | None
     precision: str
-    overrides: tuple[str, ...]
-
-    @property
-    def is_kd(self) -> bool:
-        return self.role is Role.KD
 
     @property
     def grouped(self) -> bool:
         """Students listed on the command line (student.N=[...]): each has a run directory inside the run's."""
-        return _is_list(self.cfg.student.get("N")) or _is_list(self.cfg.student.get("init"))
+        return lists_students(self.cfg)
 
     @property
     def ptq(self) -> bool:
@@ -125,6 +119,11 @@ def hydra_overrides() -> list[str]:
 
 def _is_list(value: Any) -> bool:
     return isinstance(value, (ListConfig, list))
+
+
+def lists_students(cfg: DictConfig) -> bool:
+    """student.N=[...] and/or student.init=[...]: students trained together, even a list of one."""
+    return _is_list(cfg.student.get("N")) or _is_list(cfg.student.get("init"))
 
 
 def uses_teacher(role: Role, init: Init, prune: Any) -> bool:
@@ -163,7 +162,7 @@ def parse_run(cfg: DictConfig) -> RunSpec:
     prune = OmegaConf.to_container(cfg.prune) if cfg.get("prune") else None
     quant = OmegaConf.to_container(cfg.quant) if cfg.get("quant") else None
     students = _students(cfg)
-    if len(students) > 1 or _is_list(cfg.student.get("N")) or _is_list(cfg.student.get("init")):
+    if lists_students(cfg):
         if prune or quant:
             raise ConfigError(
                 "student.N=[...] or student.init=[...] trains several students together; prune and quant runs are "
@@ -190,7 +189,6 @@ def parse_run(cfg: DictConfig) -> RunSpec:
         cfg=cfg,
         run_dir=Path(cfg.paths.output_dir),
         role=role,
-        lmbda=cfg.get("lmbda"),
         seed=cfg.seed,
         budget=Budget(cfg.steps, cfg.val_every),
         teacher=teacher,
@@ -198,7 +196,6 @@ def parse_run(cfg: DictConfig) -> RunSpec:
         prune=prune,
         quant=quant,
         precision=precision,
-        overrides=tuple(hydra_overrides()),
     )
 
 
@@ -208,7 +205,7 @@ def _students(cfg: DictConfig) -> tuple[StudentSpec, ...]:
     network, in the run's own directory."""
     widths, inits = cfg.student.get("N"), cfg.student.get("init")
     overrides = hydra_overrides()
-    if not _is_list(widths) and not _is_list(inits):
+    if not lists_students(cfg):
         return (StudentSpec("student", cfg, Path(cfg.paths.output_dir), Init.parse(inits), tuple(overrides)),)
     width_list = list(widths) if _is_list(widths) else [widths]
     if (

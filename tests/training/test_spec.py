@@ -92,7 +92,7 @@ def test_a_kd_run_whose_teacher_is_one_run_at_another_lambda_is_refused_unless_t
     teacher = one_teacher_run(tmp_path / "teacher", lmbda=0.005)
     with pytest.raises(ConfigError, match="trained at lmbda=0.005, this run's is 0.02: give a sweep dir or a ladder"):
         spec("role=kd", "lmbda=0.02", f"teacher.checkpoint={teacher}")
-    assert spec("role=kd", "lmbda=0.02", f"teacher.checkpoint={teacher}", "teacher.any_lmbda=true").is_kd
+    assert spec("role=kd", "lmbda=0.02", f"teacher.checkpoint={teacher}", "teacher.any_lmbda=true").role is Role.KD
     assert spec("role=kd", "lmbda=0.005", f"teacher.checkpoint={teacher}").teacher.source.kind is SourceKind.RUN
     # one weights file of a ladder is one network too; the ladder itself gives each run its own lambda's rung
     rung = next(LADDER.glob("*-lmbda0.0004-*.pth.tar"))
